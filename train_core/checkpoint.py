@@ -1,0 +1,107 @@
+"""Checkpoints that survive crashes: atomic writes, keep-last-K, a best copy, and a DONE marker.
+
+On disk, in one folder:
+    step-00000200.pt   one per save; the newest keep_last are kept
+    best.pt            the state with the lowest validation loss so far
+    DONE               JSON summary, written when the run finished
+A save goes to a temporary name, is fsync'ed, then renamed into place, so a reader sees a whole file or none.
+A file that still fails to load (a torn disk, a copy cut short) is skipped with a warning for the one before it.
+"""
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import torch
+
+STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
+BEST_FILE = "best.pt"
+DONE_FILE = "DONE"
+REQUIRED_KEYS = ("model", "optimizer", "config", "step")
+
+
+class CheckpointManager:
+    """Saves and loads training state dicts in `folder`."""
+
+    def __init__(self, folder: Path, *, keep_last: int = 2):
+        if keep_last < 2:
+            raise ValueError(f"keep_last must be >= 2 so that a torn latest file leaves a good one, got {keep_last}")
+        self.folder = Path(folder)
+        self.keep_last = keep_last
+
+    def save(self, state: dict[str, Any], *, step: int) -> Path:
+        """Write state as step-<step>.pt and drop step files beyond the newest keep_last."""
+        path = self.folder / f"step-{step:08d}.pt"
+        _atomic_save(state, path)
+        for old in self.step_files()[: -self.keep_last]:
+            old.unlink()
+        return path
+
+    def save_best(self, state: dict[str, Any]) -> Path:
+        path = self.folder / BEST_FILE
+        _atomic_save(state, path)
+        return path
+
+    def step_files(self) -> list[Path]:
+        """Step checkpoints, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir() if STEP_FILE.match(p.name))
+
+    def load_latest(self, *, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        """The newest step checkpoint that loads; None when there is none."""
+        for path in reversed(self.step_files()):
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=True)
+                missing = [k for k in REQUIRED_KEYS if k not in state]
+                if missing:
+                    raise ValueError(f"missing keys {missing}")
+                return state
+            except Exception as error:  # any unreadable file means: fall back to the previous one
+                warnings.warn(f"checkpoint {path} is unreadable ({error.__class__.__name__}: {error}); "
+                              "falling back to the previous one", stacklevel=2)
+        return None
+
+    def load_best(self, *, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        path = self.folder / BEST_FILE
+        return torch.load(path, map_location=map_location, weights_only=True) if path.exists() else None
+
+    def mark_done(self, summary: dict[str, Any]) -> None:
+        _atomic_write_bytes(self.folder / DONE_FILE, json.dumps(summary, indent=2).encode())
+
+    def done_summary(self) -> dict[str, Any] | None:
+        """The DONE marker's summary if the run finished, else None."""
+        path = self.folder / DONE_FILE
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def _atomic_save(state: dict[str, Any], path: Path) -> None:
+    _atomic_write(path, lambda f: torch.save(state, f))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write to a hidden temp file, fsync it, rename it over path: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,191 @@
+"""A GPT-2 style language model, readable top to bottom (after nanoGPT's model.py).
+
+Token + position embeddings, pre-LayerNorm blocks of causal self-attention and a 4x GELU MLP, a final LayerNorm,
+and an output projection tied to the token embedding. The loss is computed by `chunked_cross_entropy`, which
+never materialises the full (tokens x vocab) logits tensor: on a small model that tensor is most of the memory
+traffic of a training step.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass(kw_only=True)
+class GPTConfig:
+    block_size: int = 1024  # context length in tokens
+    vocab_size: int = 50257  # GPT-2 BPE
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
+    pad_vocab_to: int = 64  # embedding rows are padded to a multiple of this for faster matmuls
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return math.ceil(self.vocab_size / self.pad_vocab_to) * self.pad_vocab_to
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.residual_projection = True
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.residual_projection = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        # The output projection is wte.weight itself (weight tying), so there is no separate lm_head.
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_projection", False):
+                std /= math.sqrt(2 * self.config.n_layer)  # GPT-2: residual streams add up over 2 per layer
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, *, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position embedding (nanoGPT's convention for FLOPs)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward): 6N + 12·L·H·Q·T, from the PaLM paper's appendix B."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final-LayerNorm output for token ids idx (B, T): shape (B, T, n_embd)."""
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of predicting targets (B, T) from idx (B, T)."""
+        h = self.hidden_states(idx)
+        return chunked_cross_entropy(h.view(-1, h.size(-1)), self.transformer.wte.weight, targets.view(-1))
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, chunk_rows: int = 128
+) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against targets, computed in row chunks.
+
+    hidden (N, C), weight (V, C), targets (N,). Equal to `F.cross_entropy(hidden @ weight.T, targets)`, but with
+    gradients on, they are produced during the forward pass chunk by chunk, so the (N, V) logits and their gradient
+    never exist in full: the two (chunk_rows, V) buffers are reused and small enough to stay in cache (128 rows of a
+    50k vocab measured fastest on a 2-core CPU). Runs the matmuls in the autocast dtype when autocast is on.
+    """
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_rows)
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_rows):
+        device_type = hidden.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        with torch.autocast(device_type, enabled=False):
+            n_rows, vocab = hidden.size(0), weight.size(0)
+            w, h_all = weight.to(dtype), hidden.to(dtype)
+            logits_buf = torch.empty(min(chunk_rows, n_rows), vocab, dtype=dtype, device=hidden.device)
+            logp_buf = torch.empty(logits_buf.shape, dtype=torch.float32, device=hidden.device)
+            loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            if needs_grad:
+                grad_hidden = torch.empty_like(h_all)
+                grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+            for start in range(0, n_rows, chunk_rows):
+                h = h_all[start : start + chunk_rows]  # (n, C)
+                t = targets[start : start + chunk_rows]  # (n,)
+                logits, logp = logits_buf[: t.numel()], logp_buf[: t.numel()]  # (n, V)
+                torch.mm(h, w.t(), out=logits)
+                torch.log_softmax(logits, dim=1, dtype=torch.float32, out=logp)
+                loss_sum -= logp.gather(1, t[:, None]).sum()
+                if not needs_grad:
+                    continue
+                # d(loss_sum)/d(logits) = softmax - onehot, built in place; the 1/N of the mean goes into the matmuls.
+                grad_logits = logp.exp_()
+                grad_logits[torch.arange(t.numel(), device=t.device), t] -= 1.0
+                grad_logits = grad_logits.to(dtype)
+                torch.mm(grad_logits, w, out=grad_hidden[start : start + chunk_rows])
+                if dtype == torch.float32:
+                    grad_weight.addmm_(grad_logits.t(), h, alpha=1 / n_rows)
+                else:
+                    grad_weight.add_(grad_logits.t() @ h, alpha=1 / n_rows)
+        if needs_grad:
+            ctx.save_for_backward(grad_hidden.div_(n_rows).to(hidden.dtype), grad_weight.to(weight.dtype))
+        return loss_sum / n_rows
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None

@@ -1,0 +1,339 @@
+"""The training loop every sweep trial and every full run share.
+
+    result = train(config, out_dir=Path("runs/x"), callback=on_step)
+
+builds the model, optimizer and data from `config`, resumes from the newest good checkpoint in out_dir, and runs
+optimizer steps until schedule.max_steps. After each step it calls `callback(metrics)`; a truthy return value stops
+the run. That callback is the only seam to the outside world (the sweep reports to Optuna and prunes through it).
+
+Data-parallel under torchrun: `torchrun --nproc_per_node 2 -m sweep train ...` splits each step's micro-batches
+across processes (same global batch), averages gradients with DDP, and only rank 0 writes checkpoints and calls
+the callback.
+"""
+
+import contextlib
+import functools
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from train_core.checkpoint import CheckpointManager
+from train_core.config import DataConfig, TrainConfig
+from train_core.data import TokenData, ensure_corpus
+from train_core.errors import InputError
+from train_core.model import GPT
+from train_core.schedule import get_lr
+
+# Sections of the config that change the numbers a run produces; a checkpoint only resumes a run that agrees on them.
+RESUME_SECTIONS = ("model", "data", "batch", "schedule", "optimizer", "seed")
+
+
+@dataclass
+class StepMetrics:
+    """What the callback sees after each optimizer step."""
+
+    step: int  # 0-based index of the step just taken
+    loss: float  # mean train loss over the step's micro-batches (nan/inf when the step was not finite)
+    lr: float
+    grad_norm: float  # global grad norm before clipping
+    tokens_seen: int
+    tokens_per_s: float
+    ms_per_step: float
+    mfu: float  # achieved / peak FLOP/s
+    val_loss: float | None = None  # set on steps where an evaluation ran
+
+
+@dataclass
+class TrainResult:
+    status: Literal["completed", "stopped", "nonfinite"]
+    steps_done: int
+    tokens_seen: int
+    final_train_loss: float
+    final_val_loss: float | None
+    best_val_loss: float | None
+    train_seconds: float  # time in training steps, this process, excluding evals and checkpoints
+    tokens_per_s: float
+    mfu: float
+    flops_per_token: int
+    num_params: int
+    losses: list[float] = field(default_factory=list)  # train loss per step run by this call
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: bfloat16 only where the hardware runs it natively (emulated bf16 is ~100x slower)."""
+    if name != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+@functools.cache
+def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Matmul FLOP/s this device reaches in dtype: the MFU denominator when the config names none."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    reps, start = 0, time.perf_counter()
+    while reps < 3 or time.perf_counter() - start < 0.25:
+        a @ b
+        reps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on >=2-D weights (matmuls, embeddings) and none on biases and LayerNorms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.optimizer.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(
+        groups,
+        lr=config.schedule.max_lr,
+        betas=(config.optimizer.beta1, config.optimizer.beta2),
+        eps=config.optimizer.eps,
+        fused=fused,
+        foreach=None if fused else True,
+    )
+
+
+def open_data(data: DataConfig, *, vocab_size: int, progress: bool = True) -> tuple[TokenData, TokenData]:
+    if data.corpus is not None:
+        folder = ensure_corpus(data.corpus, progress=progress)
+        train_pattern, val_pattern = str(folder / "train.bin"), str(folder / "val.bin")
+    else:
+        train_pattern, val_pattern = data.train, data.val
+    return (
+        TokenData.open(train_pattern, vocab_size=vocab_size),
+        TokenData.open(val_pattern, vocab_size=vocab_size),
+    )
+
+
+def train(
+    config: TrainConfig,
+    *,
+    out_dir: Path | None = None,
+    callback: Callable[[StepMetrics], bool | None] | None = None,
+) -> TrainResult:
+    """Run `config` to schedule.max_steps (or until callback returns True), checkpointing into out_dir if given."""
+    rank, world_size = _init_distributed(config)
+    is_main = rank == 0
+    device = resolve_device(config.device)
+    autocast_dtype = resolve_dtype(config.dtype, device)
+    grad_accum = config.grad_accum_steps(world_size=world_size)
+    checkpoints = CheckpointManager(out_dir, keep_last=config.checkpoint.keep_last) if out_dir else None
+
+    if checkpoints and (summary := checkpoints.done_summary()) is not None:
+        return TrainResult(**summary)  # finished earlier: nothing to do
+
+    with _rank_zero_first(world_size, is_main):
+        train_data, val_data = open_data(config.data, vocab_size=config.model.vocab_size, progress=is_main)
+
+    torch.manual_seed(config.seed)  # same seed, same initial weights: trials of a study are paired
+    raw_model = GPT(config.model).to(device)
+    optimizer = make_optimizer(raw_model, config, device)
+    start_step, best_val_loss = 0, None
+    state = checkpoints.load_latest(map_location=device) if checkpoints else None
+    if state is not None:
+        _check_resumable(state["config"], config, out_dir)
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["cpu"].cpu())
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu())
+        start_step, best_val_loss = state["step"], state["best_val_loss"]
+
+    model = torch.compile(raw_model) if config.compile else raw_model
+    if world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = functools.partial(
+        torch.autocast, device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32
+    )
+    flops_per_token = raw_model.flops_per_token()
+    peak_flops = config.peak_flops or measure_peak_flops(device, autocast_dtype)
+    tokens_per_step = config.batch.total_batch_size
+    sched = config.schedule
+    B, T = config.batch.micro_batch_size, config.model.block_size
+
+    def evaluate() -> float:
+        model.eval()
+        total = torch.zeros((), device=device)
+        with torch.no_grad(), autocast():
+            for index in range(rank, config.eval.iters, world_size):
+                x, y = val_data.val_batch(index, batch_size=B, block_size=T)
+                total += model(x.to(device), y.to(device))
+        model.train()
+        if world_size > 1:
+            dist.all_reduce(total)
+        return total.item() / config.eval.iters
+
+    def snapshot(step_done: int) -> dict:
+        rng = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        return {
+            "model": raw_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "config": config.to_dict(),
+            "step": step_done,
+            "best_val_loss": best_val_loss,
+            "rng": rng,
+        }
+
+    status, losses, train_seconds, val_loss = "completed", [], 0.0, None
+    metrics = None
+    step = start_step
+    for step in range(start_step, sched.max_steps):
+        t0 = time.perf_counter()
+        lr = get_lr(
+            step,
+            max_lr=sched.max_lr,
+            warmup_steps=sched.warmup_steps,
+            decay_steps=sched.decay_horizon,
+            min_lr_ratio=sched.min_lr_ratio,
+            shape=sched.shape,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro_step in range(grad_accum):
+            x, y = train_data.get_batch(
+                seed=config.seed, step=step, micro_step=micro_step, rank=rank, batch_size=B, block_size=T
+            )
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # Under DDP, average gradients across processes only on the last micro-step.
+            sync = world_size == 1 or micro_step == grad_accum - 1
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
+                loss = model(x, y) / grad_accum
+            loss.backward()
+            loss_sum += loss.detach()
+        if world_size > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        max_norm = config.optimizer.grad_clip if config.optimizer.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm).item()
+        loss_value = loss_sum.item()
+        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+        if finite:
+            optimizer.step()  # a non-finite step is never applied
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        train_seconds += dt
+        losses.append(loss_value)
+
+        last = step == sched.max_steps - 1
+        val_loss = evaluate() if finite and ((step + 1) % config.eval.interval == 0 or last) else None
+        new_best = val_loss is not None and (best_val_loss is None or val_loss < best_val_loss)
+        if new_best:
+            best_val_loss = val_loss
+        metrics = StepMetrics(
+            step=step,
+            loss=loss_value,
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens_seen=(step + 1) * tokens_per_step,
+            tokens_per_s=tokens_per_step / dt,
+            ms_per_step=dt * 1000,
+            mfu=flops_per_token * tokens_per_step / dt / (peak_flops * world_size),
+            val_loss=val_loss,
+        )
+        stop = bool(callback(metrics)) if (callback and is_main) else False
+        if world_size > 1:
+            stop = _any_rank(stop, device)
+        if checkpoints and is_main and finite:
+            if new_best:
+                checkpoints.save_best(snapshot(step + 1))
+            if (step + 1) % config.checkpoint.interval == 0 or last or stop:
+                checkpoints.save(snapshot(step + 1), step=step + 1)
+        if not finite:
+            status = "nonfinite"
+            break
+        if stop:
+            status = "stopped"
+            break
+
+    steps_done = step + 1 if metrics is not None else start_step
+    if metrics is None and val_loss is None:
+        val_loss = evaluate()  # resumed from the final checkpoint of a run that died before writing DONE
+    result = TrainResult(
+        status=status,
+        steps_done=steps_done,
+        tokens_seen=steps_done * tokens_per_step,
+        final_train_loss=losses[-1] if losses else math.nan,
+        final_val_loss=val_loss,
+        best_val_loss=best_val_loss,
+        train_seconds=train_seconds,
+        tokens_per_s=tokens_per_step * len(losses) / train_seconds if train_seconds else 0.0,
+        mfu=flops_per_token * tokens_per_step * len(losses) / train_seconds / (peak_flops * world_size)
+        if train_seconds
+        else 0.0,
+        flops_per_token=flops_per_token,
+        num_params=raw_model.num_params(),
+        losses=losses,
+    )
+    if checkpoints and is_main and status == "completed":
+        checkpoints.mark_done(asdict(result) | {"losses": []})
+    return result
+
+
+def _check_resumable(saved: dict, config: TrainConfig, out_dir: Path) -> None:
+    current = config.to_dict()
+    for section in RESUME_SECTIONS:
+        if saved.get(section) != current[section]:
+            raise InputError(
+                f"the checkpoint in {out_dir} was written with a different {section} "
+                f"({saved.get(section)!r} vs now {current[section]!r}); use another output folder"
+            )
+
+
+def _init_distributed(config: TrainConfig) -> tuple[int, int]:
+    """(rank, world_size); joins the process group torchrun describes in the environment."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if resolve_device(config.device).type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), world_size
+
+
+@contextlib.contextmanager
+def _rank_zero_first(world_size: int, is_main: bool):
+    """Rank 0 runs the block first (e.g. preparing a corpus) while the others wait, then the others run it."""
+    if world_size > 1 and not is_main:
+        dist.barrier()
+    yield
+    if world_size > 1 and is_main:
+        dist.barrier()
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    tensor = torch.tensor(float(flag), device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
