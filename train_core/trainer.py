@@ -269,7 +269,7 @@ def train(
         if checkpoints and is_main and finite:
             if new_best:
                 checkpoints.save_best(snapshot(step + 1))
-            if (step + 1) % config.checkpoint.interval == 0 or last or stop:
+            if (step + 1) % config.checkpoint.interval == 0 or last:
                 checkpoints.save(snapshot(step + 1), step=step + 1)
         if not finite:
             status = "nonfinite"

@@ -1,0 +1,239 @@
+"""The command line: `python -m sweep <command>`.
+
+    python -m sweep lr --steps 300              sweep peak LR x warmup on the default study
+    python -m sweep train --study default       one training run, checkpointed, resumed when its folder has one
+    python -m sweep prepare SRC... --out DIR    tokenize text into nanoGPT train.bin / val.bin
+
+Bad input exits 2 with one line; --debug shows the traceback instead.
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+
+from train_core.errors import InputError
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2) instead of the usage block."""
+
+    def error(self, message: str):
+        raise InputError(f"{self.prog}: {message}")
+
+
+def resolve_study(name_or_path: str) -> Path:
+    """A study file path, or the name of a shipped study (studies/<name>.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
+        return path
+    return STUDIES_DIR / f"{name_or_path}.yaml"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _warmup_list(text: str) -> list:
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(int(part) if part.strip().lstrip("-").isdigit() else float(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be comma-separated steps or fractions like 0,50,100 or 0,0.05,0.1, got {text!r}"
+            ) from None
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sweep.components import PRUNERS, SAMPLERS
+    from sweep.storage import DEFAULT_STORAGE
+
+    parser = _Parser(prog="sweep", description="Find the peak LR and warmup for a GPT, then run the winner.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    lr = commands.add_parser("lr", help="sweep peak LR x warmup with short trials")
+    lr.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
+    lr.add_argument("--steps", type=_positive_int, default=300, help="optimizer steps per trial (default 300)")
+    lr.add_argument("--trials", type=_positive_int, help="finished trials the study should hold (default: the study's)")
+    lr.add_argument("--timeout", type=_positive_float, help="stop starting new trials after this many seconds")
+    lr.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL or journal file (default {DEFAULT_STORAGE})")
+    lr.add_argument("--study-name", help="default: <study>-<steps>")
+    lr.add_argument("--sampler", default="tpe", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
+    lr.add_argument("--pruner", default="median", help=f"one of {', '.join(PRUNERS)} (default median)")
+    lr.add_argument("--grid-points", type=_positive_int, default=5, help="LR points of the grid sampler (default 5)")
+    lr.add_argument("--lr-min", type=_positive_float, help="lowest peak LR (default: the study's, anchor/4)")
+    lr.add_argument("--lr-max", type=_positive_float, help="highest peak LR (default: the study's, anchor*4)")
+    lr.add_argument("--warmup", type=_warmup_list, help="warmup choices: steps (0,50,100) or fractions (0,0.05,0.1)")
+    lr.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                    help="cosine: each trial decays to lr/10 at its last step (default); constant: warmup then flat")
+    lr.add_argument("--seed", type=int, help="data order and init shared by all trials (default: the study's)")
+    lr.add_argument("--ckpt-every", type=_positive_int, default=100, help="trial checkpoint interval in steps")
+    lr.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+
+    tr = commands.add_parser("train", help="one training run with checkpoints; resumes from its folder")
+    tr.add_argument("--study", default="default", help="study file, or a name from studies/")
+    tr.add_argument("--lr", type=_positive_float, help="peak LR (default: the recipe's)")
+    tr.add_argument("--warmup", type=int, help="warmup steps (default: the recipe's)")
+    tr.add_argument("--max-steps", type=_positive_int, help="steps to run, the cosine horizon too (default: the recipe's)")
+    tr.add_argument("--out", type=Path, help="run folder (default runs/<study>/train)")
+
+    prep = commands.add_parser("prepare", help="tokenize text files or folders into train.bin / val.bin")
+    prep.add_argument("sources", nargs="+", type=Path, help="text files or folders")
+    prep.add_argument("--out", type=Path, required=True, help="output folder")
+    prep.add_argument("--val-fraction", type=float, default=0.05, help="share of documents for validation")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    console = Console()
+    debug = "--debug" in argv
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the view reports trials; Optuna's INFO lines repeat it
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args, console)
+    except InputError as error:
+        if debug:
+            raise
+        from sweep.storage import mask
+
+        print(f"error: {mask(str(error))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+def cmd_lr(args, console: Console) -> int:
+    from sweep.lr import run_sweep
+    from sweep.objective import TrialPlan
+    from sweep.recipe import Warmup, load_recipe
+    from sweep.report import print_summary
+    from sweep.storage import check_url, sqlite_path
+    from sweep.components import make_pruner, make_sampler
+    from sweep.view import make_view
+
+    recipe = load_recipe(resolve_study(args.study))
+    search = recipe.search
+    lr_min = args.lr_min if args.lr_min is not None else search.lr_min
+    lr_max = args.lr_max if args.lr_max is not None else search.lr_max
+    if lr_min >= lr_max:
+        raise InputError(f"--lr-min must be below --lr-max, got {lr_min:g} >= {lr_max:g}")
+    warmup = Warmup.parse(args.warmup, key="--warmup") if args.warmup is not None else search.warmup
+    too_long = [w for w in warmup.steps(args.steps) if w >= args.steps]
+    if too_long:
+        raise InputError(f"--warmup {too_long[0]} must be below --steps {args.steps} (give fewer steps or fractions)")
+    make_sampler(args.sampler, seed=0, n_finished=0, n_startup_trials=1, grid={"lr": [1.0]})  # validates the name
+    make_pruner(args.pruner, steps=args.steps, warmup_steps=0)
+    check_url(args.storage)
+    trials = args.trials or search.trials
+    plan = TrialPlan(
+        recipe=recipe,
+        steps=args.steps,
+        schedule=args.schedule,
+        lr_min=lr_min,
+        lr_max=lr_max,
+        warmup=warmup,
+        seed=args.seed if args.seed is not None else recipe.train.seed,
+        pruner_name=args.pruner,
+        runs_dir=Path("runs") / (args.study_name or f"{recipe.name}-{args.steps}"),
+        checkpoint_every=args.ckpt_every,
+    )
+    study_name = args.study_name or f"{recipe.name}-{args.steps}"
+    with make_view(console, quiet=args.quiet) as view:
+        outcome = run_sweep(
+            plan,
+            storage_url=args.storage,
+            study_name=study_name,
+            trials=trials,
+            timeout=args.timeout,
+            sampler=args.sampler,
+            grid_points=args.grid_points,
+            view=view,
+        )
+    print_summary(console, outcome.study)
+    if outcome.plot:
+        console.print(f"loss vs peak lr: {outcome.plot}", highlight=False)
+    if (path := sqlite_path(args.storage)) is not None:
+        console.print(f"inspect: optuna-dashboard sqlite:///{path} --host 127.0.0.1 --artifact-dir {path.parent / 'artifacts'}",
+                      highlight=False)
+    if outcome.stopped_by_failures:
+        console.print("stopped: the last trials all failed; see fail_reason in the table above", highlight=False)
+        return 1
+    return 0
+
+
+def cmd_train(args, console: Console) -> int:
+    import dataclasses
+
+    from sweep.recipe import load_recipe
+    from train_core.trainer import train
+
+    recipe = load_recipe(resolve_study(args.study))
+    sched = recipe.train.schedule
+    max_steps = args.max_steps or sched.max_steps
+    warmup = args.warmup if args.warmup is not None else min(sched.warmup_steps, max_steps)
+    if not 0 <= warmup <= max_steps:
+        raise InputError(f"--warmup must be in [0, max steps={max_steps}], got {warmup}")
+    config = dataclasses.replace(
+        recipe.train,
+        schedule=dataclasses.replace(
+            sched, max_lr=args.lr or sched.max_lr, warmup_steps=warmup, max_steps=max_steps, decay_steps=None
+        ),
+    )
+    out = args.out or Path("runs") / recipe.name / "train"
+
+    def log(m) -> None:
+        if m.val_loss is not None or m.step % 10 == 0:
+            val = f" val {m.val_loss:.4f}" if m.val_loss is not None else ""
+            console.print(
+                f"step {m.step + 1}/{max_steps} loss {m.loss:.4f}{val} lr {m.lr:.3g} norm {m.grad_norm:.2f} "
+                f"{m.tokens_per_s:,.0f} tok/s {m.ms_per_step:.0f} ms mfu {m.mfu:.1%}",
+                highlight=False,
+            )
+
+    result = train(config, out_dir=out, callback=log)
+    val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "-"
+    console.print(f"{result.status}: {result.steps_done} steps, val loss {val}, checkpoints in {out}", highlight=False)
+    return 0 if result.status == "completed" else 1
+
+
+def cmd_prepare(args, console: Console) -> int:
+    from train_core.data import prepare
+
+    if not 0 < args.val_fraction < 1:
+        raise InputError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    meta = prepare(args.sources, args.out, val_fraction=args.val_fraction)
+    console.print(
+        f"wrote {meta['train_tokens']:,} train tokens to {args.out / 'train.bin'} and "
+        f"{meta['val_tokens']:,} val tokens to {args.out / 'val.bin'}",
+        highlight=False,
+    )
+    return 0
+
+
+COMMANDS = {"lr": cmd_lr, "train": cmd_train, "prepare": cmd_prepare}

@@ -1,0 +1,192 @@
+"""The LR x warmup sweep: an Optuna study of short trials, continued until it holds `trials` finished trials."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
+from sweep.objective import Objective, TrialPlan
+from sweep.recipe import Warmup
+from sweep.storage import artifact_dir, mask, open_storage, sqlite_path
+from sweep.view import SweepView
+from train_core.errors import InputError
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_CONSECUTIVE_FAILURES = 3  # failures do not count towards --trials; stop a sweep whose every trial crashes
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepOutcome:
+    study: optuna.Study
+    plot: Path | None
+    stopped_by_failures: bool
+
+
+def anchor_warmup(plan: TrialPlan) -> int:
+    """The anchor trial's warmup: the study's anchor_warmup, else the choice nearest the recipe's warmup fraction."""
+    search, sched = plan.recipe.search, plan.recipe.train.schedule
+    warmups = plan.warmup.steps(plan.steps)
+    if search.anchor_warmup is not None:
+        target = Warmup(choices=(search.anchor_warmup,)).steps(plan.steps)[0]
+    else:
+        target = round(sched.warmup_steps / sched.max_steps * plan.steps)
+    if plan.warmup.is_range:
+        return min(max(target, warmups[0]), warmups[1])
+    return min(warmups, key=lambda w: (abs(w - target), w))
+
+
+def run_sweep(
+    plan: TrialPlan,
+    *,
+    storage_url: str,
+    study_name: str,
+    trials: int,
+    timeout: float | None,
+    sampler: str,
+    grid_points: int,
+    view: SweepView,
+) -> SweepOutcome:
+    storage = open_storage(storage_url)
+    space = plan.space()
+    grid = None
+    if sampler == "grid":
+        grid = {
+            "lr": lr_grid(lr_min=plan.lr_min, lr_max=plan.lr_max, points=grid_points, anchor_lr=plan.recipe.search.anchor_lr),
+            "warmup": list(plan.warmup.steps(plan.steps)) if not plan.warmup.is_range else _range_grid(plan, grid_points),
+        }
+    existing = _load_existing(storage, study_name)
+    if existing is not None:
+        saved = existing.user_attrs.get("search_space")
+        if saved is not None and saved != json.loads(json.dumps(space)):
+            raise InputError(
+                f"study {study_name} in {mask(storage_url)} was run with another search space ({_diff(saved, space)}); "
+                "pass another --study-name to start a new study"
+            )
+    n_finished = len(existing.get_trials(deepcopy=False, states=FINISHED)) if existing else 0
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction="minimize",
+        load_if_exists=True,
+        sampler=make_sampler(
+            sampler, seed=plan.seed, n_finished=n_finished, n_startup_trials=startup_trials(trials), grid=grid
+        ),
+        pruner=make_pruner(plan.pruner_name, steps=plan.steps, warmup_steps=max(plan.warmup.steps(plan.steps))),
+    )
+    if existing is None:
+        study.set_user_attr("search_space", space)
+        study.set_user_attr("recipe", plan.recipe.text)
+        study.set_user_attr("recipe_name", plan.recipe.name)
+        study.set_user_attr("recipe_digest", plan.recipe.digest)
+        study.set_user_attr("anchor_lr", plan.recipe.search.anchor_lr)
+        study.set_user_attr("anchor_source", plan.recipe.search.anchor_source)
+        study.enqueue_trial(
+            {"lr": plan.recipe.search.anchor_lr, "warmup": anchor_warmup(plan)}, user_attrs={"anchor": True}
+        )
+
+    artifact_store = FileSystemArtifactStore(_mkdir(artifact_dir(storage_url)))
+    objective = Objective(plan, view=view, artifact_store=artifact_store)
+    failures = _FailureStreak()
+    view.sweep_started(study, trials=trials, steps=plan.steps)
+    if n_finished < trials:
+        study.optimize(
+            objective,
+            timeout=timeout,
+            catch=(Exception,),
+            callbacks=[
+                MaxTrialsCallback(trials, states=FINISHED),
+                lambda s, t: view.trial_finished(s, t),
+                failures,
+            ],
+        )
+    plot = save_lr_plot(study, storage_url=storage_url, artifact_store=artifact_store)
+    return SweepOutcome(study=study, plot=plot, stopped_by_failures=failures.stopped)
+
+
+class _FailureStreak:
+    """Stops the study after MAX_CONSECUTIVE_FAILURES failed trials in a row: the cause is not the hyperparameters."""
+
+    def __init__(self):
+        self.streak = 0
+        self.stopped = False
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
+        if self.streak >= MAX_CONSECUTIVE_FAILURES:
+            self.stopped = True
+            study.stop()
+
+
+def _load_existing(storage, study_name: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return None
+
+
+def _range_grid(plan: TrialPlan, points: int) -> list[int]:
+    low, high = plan.warmup.steps(plan.steps)
+    return sorted({round(low + (high - low) * i / max(points - 1, 1)) for i in range(points)})
+
+
+def _diff(saved: dict, space: dict) -> str:
+    keys = [k for k in sorted(set(saved) | set(space)) if saved.get(k) != space.get(k)]
+    return "; ".join(f"{k}: was {saved.get(k)}, now {space.get(k)}" for k in keys)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def anchor_trial(study: optuna.Study) -> FrozenTrial | None:
+    return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("anchor")), None)
+
+
+def save_lr_plot(study: optuna.Study, *, storage_url: str, artifact_store: FileSystemArtifactStore) -> Path | None:
+    """Final val loss against peak LR (log axis), one colour per warmup; pruned trials at their last loss.
+
+    Saved next to the storage and attached to the study as an artifact for the dashboard.
+    """
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    if not trials:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    warmups = sorted({t.params["warmup"] for t in trials})
+    colors = plt.cm.viridis([i / max(len(warmups) - 1, 1) for i in range(len(warmups))])
+    for warmup, color in zip(warmups, colors):
+        done = sorted((t for t in trials if t.params["warmup"] == warmup and t.state == TrialState.COMPLETE),
+                      key=lambda t: t.params["lr"])
+        pruned = [t for t in trials if t.params["warmup"] == warmup and t.state == TrialState.PRUNED]
+        ax.plot([t.params["lr"] for t in done], [t.value for t in done], "o-", color=color, label=f"warmup {warmup}")
+        ax.scatter([t.params["lr"] for t in pruned], [_last_value(t) for t in pruned], marker="x", color=color)
+    anchor = anchor_trial(study)
+    if anchor is not None:
+        ax.axvline(anchor.params["lr"], color="grey", linestyle=":", label="anchor lr")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("final val loss (x: pruned, last train loss)")
+    ax.set_title(study.study_name)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    folder = sqlite_path(storage_url).parent if sqlite_path(storage_url) else artifact_dir(storage_url).parent
+    path = _mkdir(folder) / f"{study.study_name}-lr.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    upload_artifact(artifact_store=artifact_store, file_path=str(path), study_or_trial=study)
+    return path
+
+
+def _last_value(trial: FrozenTrial) -> float:
+    values = [v for v in trial.intermediate_values.values() if v == v and abs(v) != float("inf")]
+    return values[-1] if values else float("nan")

@@ -1,0 +1,204 @@
+"""One sweep trial: a candidate peak LR and warmup, trained by train_core, reported to Optuna step by step."""
+
+import csv
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import optuna
+import optuna_dashboard
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+from sweep.recipe import Recipe, Warmup
+from sweep.stability import StabilityGuard
+from sweep.view import SweepView
+from train_core.config import TrainConfig
+from train_core.trainer import StepMetrics, train
+
+CURVE_COLUMNS = ("step", "loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "val_loss")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialPlan:
+    """Everything a trial needs besides its two hyperparameters."""
+
+    recipe: Recipe
+    steps: int
+    schedule: Literal["cosine", "constant"]
+    lr_min: float
+    lr_max: float
+    warmup: Warmup
+    seed: int
+    pruner_name: str
+    runs_dir: Path  # trial folders go to runs_dir/trial-N (checkpoints while running, the loss curve after)
+    checkpoint_every: int
+
+    def space(self) -> dict:
+        """The search space as plain values; a study keeps it and refuses to continue with another one."""
+        return {
+            "lr": [self.lr_min, self.lr_max],
+            "warmup": list(self.warmup.steps(self.steps)),
+            "warmup_is_range": self.warmup.is_range,
+            "steps": self.steps,
+            "schedule": self.schedule,
+            "seed": self.seed,
+        }
+
+    def trial_config(self, *, lr: float, warmup_steps: int) -> TrainConfig:
+        """The recipe compressed to the trial: the whole schedule (warmup, cosine to min_lr) fits in `steps`, so every
+        trial ends annealed, and it is evaluated once, at the end."""
+        base = self.recipe.train
+        return dataclasses.replace(
+            base,
+            schedule=dataclasses.replace(
+                base.schedule,
+                max_lr=lr,
+                warmup_steps=warmup_steps,
+                max_steps=self.steps,
+                decay_steps=None,
+                shape=self.schedule,
+            ),
+            eval=dataclasses.replace(base.eval, interval=self.steps),
+            checkpoint=dataclasses.replace(base.checkpoint, interval=self.checkpoint_every),
+            seed=self.seed,
+        )
+
+
+class Objective:
+    """Callable for `study.optimize`: suggests (lr, warmup), trains, returns the final validation loss.
+
+    Unstable runs are pruned by the StabilityGuard and losers by the study's pruner; either way the reason lands in
+    user_attrs["prune_reason"]. A crash is recorded in user_attrs["fail_reason"] and re-raised, so Optuna marks the
+    trial FAIL and the sweep goes on.
+    """
+
+    def __init__(self, plan: TrialPlan, *, view: SweepView, artifact_store: FileSystemArtifactStore):
+        self.plan = plan
+        self.view = view
+        self.artifact_store = artifact_store
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        plan = self.plan
+        lr = trial.suggest_float("lr", plan.lr_min, plan.lr_max, log=True)
+        warmups = plan.warmup.steps(plan.steps)
+        if plan.warmup.is_range:
+            warmup = trial.suggest_int("warmup", warmups[0], warmups[1])
+        else:
+            warmup = trial.suggest_categorical("warmup", list(warmups))
+        config = plan.trial_config(lr=lr, warmup_steps=warmup)
+        out_dir = plan.runs_dir / f"trial-{trial.number}"
+        guard = StabilityGuard(initial_loss=math.log(config.model.vocab_size), warmup_steps=warmup)
+        curve: list[dict] = []
+        outcome: dict[str, str] = {}
+
+        def on_step(metrics: StepMetrics) -> bool:
+            reason = guard.check(metrics)
+            curve.append(_curve_row(metrics, guard.smoothed_loss))
+            self.view.trial_step(trial.number, metrics, guard.smoothed_loss)
+            if reason is None and metrics.val_loss is None:
+                trial.report(guard.smoothed_loss, metrics.step)
+                if trial.should_prune():
+                    reason = f"{plan.pruner_name}: loss {guard.smoothed_loss:.3f} behind the other trials at step {metrics.step}"
+            if reason is not None:
+                outcome["prune_reason"] = reason
+                return True
+            return False
+
+        self.view.trial_started(trial.number, lr=lr, warmup=warmup)
+        trial.set_user_attr("seed", plan.seed)
+        trial.set_user_attr("config_hash", _config_hash(config))
+        trial.set_user_attr("recipe_digest", plan.recipe.digest)
+        if commit := git_commit():
+            trial.set_user_attr("git_commit", commit)
+        started = time.perf_counter()
+        try:
+            result = train(config, out_dir=out_dir, callback=on_step)
+        except KeyboardInterrupt:
+            outcome["fail_reason"] = "interrupted"
+            raise
+        except Exception as error:
+            outcome["fail_reason"] = f"{error.__class__.__name__}: {error}"
+            raise
+        finally:
+            wall = time.perf_counter() - started
+            for key, value in outcome.items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("wall_s", round(wall, 2))
+            self._save_curve(trial, out_dir, curve)
+
+        trial.set_user_attr("tokens_seen", result.tokens_seen)
+        trial.set_user_attr("flops", result.tokens_seen * result.flops_per_token)
+        trial.set_user_attr("tokens_per_s", round(result.tokens_per_s, 1))
+        trial.set_user_attr("mfu", round(result.mfu, 4))
+        trial.set_user_attr("final_train_loss", result.final_train_loss)
+        trial.set_user_attr("steps_done", result.steps_done)
+        if result.final_val_loss is not None:
+            trial.set_user_attr("val_loss", result.final_val_loss)
+        optuna_dashboard.save_note(trial, _note(lr, warmup, result.final_val_loss, result.tokens_per_s, outcome))
+        shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints only serve a trial that is still running
+        if "prune_reason" in outcome:
+            raise optuna.TrialPruned(outcome["prune_reason"])
+        return result.final_val_loss
+
+    def _save_curve(self, trial: optuna.Trial, out_dir: Path, curve: list[dict]) -> None:
+        """The per-step curve as a CSV artifact, viewable in optuna-dashboard."""
+        if not curve:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"trial-{trial.number}-curve.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(curve)
+        upload_artifact(artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial)
+
+
+def _curve_row(metrics: StepMetrics, smoothed: float) -> dict:
+    return {
+        "step": metrics.step,
+        "loss": metrics.loss,
+        "smoothed_loss": smoothed,
+        "lr": metrics.lr,
+        "grad_norm": metrics.grad_norm,
+        "tokens_per_s": round(metrics.tokens_per_s, 1),
+        "val_loss": "" if metrics.val_loss is None else metrics.val_loss,
+    }
+
+
+def _note(lr: float, warmup: int, val_loss: float | None, tokens_per_s: float, outcome: dict) -> str:
+    lines = [
+        f"**peak lr** {lr:.3g} · **warmup** {warmup} steps",
+        f"**val loss** {val_loss:.4f}" if val_loss is not None else "**val loss** —",
+        f"**tokens/s** {tokens_per_s:,.0f}",
+    ]
+    if "prune_reason" in outcome:
+        lines.append(f"**pruned** {outcome['prune_reason']}")
+    return "\n\n".join(lines)
+
+
+def _config_hash(config: TrainConfig) -> str:
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The project's commit, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

@@ -1,0 +1,173 @@
+"""Study recipes: a YAML file with the training config and the search space around a published anchor LR.
+
+    name: default                  # optional; the file's stem otherwise
+    model: {...}                   # train_core.TrainConfig sections: model, data, batch, schedule, optimizer, ...
+    search:
+      anchor_lr: 1.0e-3            # the published peak LR the sweep starts from (trial 0) and is compared to
+      anchor_source: Pythia 70M    # where that number comes from
+      lr_min: 2.5e-4               # default anchor_lr / 4
+      lr_max: 4.0e-3               # default anchor_lr * 4
+      warmup: [0, 0.05, 0.1]       # a list of choices, or {min: 0, max: 0.2}; ints are steps, floats < 1 fractions
+      trials: 8                    # the study's total of finished (complete + pruned) trials
+"""
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from train_core.config import TrainConfig
+from train_core.errors import InputError
+
+SEARCH_KEYS = ("anchor_lr", "anchor_source", "lr_min", "lr_max", "warmup", "anchor_warmup", "trials")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `6e-4` as a float (YAML 1.1 wants `6.0e-4`, and would return a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Warmup:
+    """The warmup choices: a list of values, or a range; ints count steps, floats below 1 are fractions of a run."""
+
+    choices: tuple[float, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @staticmethod
+    def parse(value: Any, *, key: str) -> "Warmup":
+        if isinstance(value, dict):
+            if set(value) != {"min", "max"}:
+                raise InputError(f"{key} as a range must have exactly the keys min and max, got {sorted(value)}")
+            low, high = (_warmup_value(value[k], key=f"{key}.{k}") for k in ("min", "max"))
+            if _steps_at(low, 1000) > _steps_at(high, 1000):
+                raise InputError(f"{key}.min must be <= {key}.max, got {low!r} > {high!r}")
+            return Warmup(low=low, high=high)
+        if isinstance(value, list) and value:
+            return Warmup(choices=tuple(_warmup_value(v, key=key) for v in value))
+        raise InputError(f"{key} must be a non-empty list of warmups or {{min: .., max: ..}}, got {value!r}")
+
+    def steps(self, steps: int) -> tuple[int, ...] | tuple[int, int]:
+        """The choices (sorted, unique) or the (low, high) range in optimizer steps for a run of `steps` steps."""
+        if self.choices is not None:
+            return tuple(sorted({_steps_at(v, steps) for v in self.choices}))
+        return _steps_at(self.low, steps), _steps_at(self.high, steps)
+
+    @property
+    def is_range(self) -> bool:
+        return self.choices is None
+
+
+def _warmup_value(value: Any, *, key: str) -> float:
+    ok_int = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    ok_fraction = isinstance(value, float) and 0 <= value < 1
+    if not (ok_int or ok_fraction):
+        raise InputError(f"{key} values must be steps (integers >= 0) or fractions of the run in [0, 1), got {value!r}")
+    return value
+
+
+def _steps_at(value: float, steps: int) -> int:
+    return int(value) if isinstance(value, int) else round(value * steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSpace:
+    anchor_lr: float
+    anchor_source: str
+    lr_min: float
+    lr_max: float
+    warmup: Warmup
+    anchor_warmup: float | None  # None: the warmup choice closest to the recipe's own warmup fraction
+    trials: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    name: str
+    path: Path
+    text: str  # the YAML as written, stored with the study
+    train: TrainConfig
+    search: SearchSpace
+
+    @property
+    def digest(self) -> str:
+        """Short hash of the recipe text: trials and promoted runs record it to notice a recipe that changed."""
+        return hashlib.sha256(self.text.encode()).hexdigest()[:12]
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a study file; every problem is an InputError that names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"study file {path} does not exist (the shipped ones are in studies/: {_shipped()})")
+    text = path.read_text()
+    try:
+        values = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: must be a mapping of sections (model, data, batch, schedule, search, ...)")
+    values = dict(values)
+    name = values.pop("name", path.stem)
+    search_values = values.pop("search", None)
+    try:
+        train = TrainConfig.from_dict(values)
+        search = _parse_search(search_values, train)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
+    return Recipe(name=str(name), path=path, text=text, train=train, search=search)
+
+
+def _parse_search(values: Any, train: TrainConfig) -> SearchSpace:
+    if not isinstance(values, dict):
+        raise InputError("the search section is required: at least search.anchor_lr, the published peak LR")
+    unknown = sorted(set(values) - set(SEARCH_KEYS))
+    if unknown:
+        raise InputError(f"unknown key search.{unknown[0]} (allowed: {', '.join(SEARCH_KEYS)})")
+    if "anchor_lr" not in values:
+        raise InputError("search.anchor_lr is required: the published peak LR for a model of this size")
+    anchor = _positive(values["anchor_lr"], "search.anchor_lr")
+    lr_min = _positive(values.get("lr_min", anchor / 4), "search.lr_min")
+    lr_max = _positive(values.get("lr_max", anchor * 4), "search.lr_max")
+    if lr_min >= lr_max:
+        raise InputError(f"search.lr_min must be < search.lr_max, got {lr_min:g} >= {lr_max:g}")
+    warmup = Warmup.parse(values.get("warmup", [0.0, 0.05, 0.1]), key="search.warmup")
+    anchor_warmup = values.get("anchor_warmup")
+    if anchor_warmup is not None:
+        anchor_warmup = _warmup_value(anchor_warmup, key="search.anchor_warmup")
+    trials = values.get("trials", 8)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise InputError(f"search.trials must be a positive integer, got {trials!r}")
+    return SearchSpace(
+        anchor_lr=anchor,
+        anchor_source=str(values.get("anchor_source", "")),
+        lr_min=lr_min,
+        lr_max=lr_max,
+        warmup=warmup,
+        anchor_warmup=anchor_warmup,
+        trials=trials,
+    )
+
+
+def _positive(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{key} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _shipped() -> str:
+    folder = Path(__file__).resolve().parent.parent / "studies"
+    return ", ".join(sorted(p.name for p in folder.glob("*.yaml"))) or "none found"

@@ -1,0 +1,59 @@
+"""Tables a person reads after a sweep: the best trial, its margin over the anchor, all trials by val loss."""
+
+import math
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.table import Table
+
+from sweep.lr import anchor_trial
+from sweep.view import STATE_STYLE, trial_reason
+
+ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2, TrialState.RUNNING: 3, TrialState.WAITING: 4}
+
+
+def trials_table(study: optuna.Study, *, title: str | None = None) -> Table:
+    """Every trial, completed ones first by val loss, then pruned, failed, running."""
+    table = Table(title=title, header_style="bold")
+    for name in ("#", "peak lr", "warmup", "val loss", "steps", "tok/s", "state", "why"):
+        table.add_column(name, justify="left" if name in ("state", "why") else "right")
+
+    def key(t: FrozenTrial):
+        return ORDER.get(t.state, 5), t.value if t.value is not None else math.inf, t.number
+
+    for t in sorted(study.get_trials(deepcopy=False), key=key):
+        anchor = " (anchor)" if t.user_attrs.get("anchor") else ""
+        table.add_row(
+            f"{t.number}{anchor}",
+            f"{t.params['lr']:.3g}" if "lr" in t.params else "",
+            str(t.params.get("warmup", "")),
+            f"{t.value:.4f}" if t.value is not None and t.state == TrialState.COMPLETE else "",
+            str(t.user_attrs.get("steps_done", len(t.intermediate_values))),
+            f"{t.user_attrs['tokens_per_s']:,.0f}" if "tokens_per_s" in t.user_attrs else "",
+            f"[{STATE_STYLE.get(t.state.name, '')}]{t.state.name}[/]",
+            trial_reason(t),
+        )
+    return table
+
+
+def best_summary(study: optuna.Study) -> str | None:
+    """'best: lr 1.2e-03, warmup 15, val loss 5.4321 (0.0712 below the anchor lr 1e-03)', or None."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    best = min(complete, key=lambda t: t.value)
+    text = f"best: trial {best.number}, peak lr {best.params['lr']:.3g}, warmup {best.params['warmup']}, val loss {best.value:.4f}"
+    anchor = anchor_trial(study)
+    if anchor is not None and anchor.state == TrialState.COMPLETE and anchor.number != best.number:
+        text += f" ({anchor.value - best.value:.4f} below the anchor lr {anchor.params['lr']:.3g}: {anchor.value:.4f})"
+    elif anchor is not None and anchor.number == best.number:
+        text += " (the anchor lr itself won)"
+    elif anchor is not None:
+        text += f" (the anchor trial was {anchor.state.name.lower()}: {trial_reason(anchor)})"
+    return text
+
+
+def print_summary(console: Console, study: optuna.Study) -> None:
+    console.print(trials_table(study, title=f"study {study.study_name}"))
+    console.print(best_summary(study) or "no trial completed", highlight=False)

@@ -1,0 +1,81 @@
+"""Optuna storages by URL, with passwords kept out of every message.
+
+    sqlite:///runs/sweep.db            one machine, one writer at a time (the default)
+    runs/sweep.log                     Optuna's journal file: many processes on one machine or a shared disk
+    postgresql://user:pw@host/db       many machines (also mysql://)
+    redis://host:6379/0                Optuna's journal on Redis
+"""
+
+import re
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+
+from train_core.errors import InputError
+
+DEFAULT_STORAGE = "sqlite:///runs/sweep.db"
+RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
+_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+
+
+def mask(text: str) -> str:
+    """Replace any password inside a URL in text with ***."""
+    return _PASSWORD.sub(r"\g<head>***@", text)
+
+
+def scheme(url: str) -> str | None:
+    match = re.match(r"^([a-z][a-z0-9+.-]*)://", url, re.IGNORECASE)
+    return match.group(1).lower() if match else None
+
+
+def sqlite_path(url: str) -> Path | None:
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def artifact_dir(url: str) -> Path:
+    """Folder for trial artifacts (curves, plots): next to a file storage, else under runs/."""
+    path = sqlite_path(url) or (None if scheme(url) else Path(url))
+    return (path.parent if path else Path("runs")) / "artifacts"
+
+
+def check_url(url: str) -> None:
+    """Reject a URL no storage can take, before anything is created."""
+    kind = scheme(url)
+    if kind is None:
+        if url.endswith((".db", ".sqlite", ".sqlite3")):
+            raise InputError(f"--storage {url} looks like a SQLite file: write it as sqlite:///{url}")
+        return  # a journal file path
+    if kind not in RDB_SCHEMES and kind != "redis":
+        raise InputError(
+            f"--storage {mask(url)}: unknown scheme {kind}:// "
+            "(allowed: sqlite:///FILE, postgresql://..., mysql://..., redis://..., or a journal file path)"
+        )
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage behind url; an unreachable database is an InputError with the password masked."""
+    check_url(url)
+    kind = scheme(url)
+    try:
+        if kind is None:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(url))
+        if kind == "redis":
+            return JournalStorage(JournalRedisBackend(url))
+        if (path := sqlite_path(url)) is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return RDBStorage(url, engine_kwargs=_engine_kwargs(kind))
+    except InputError:
+        raise
+    except Exception as error:  # driver errors vary by backend; all mean "cannot use this storage"
+        reason = mask(str(error).strip().splitlines()[0]) if str(error).strip() else error.__class__.__name__
+        raise InputError(f"cannot open storage {mask(url)}: {reason}") from None
+
+
+def _engine_kwargs(kind: str) -> dict:
+    if kind == "sqlite":
+        # Wait for a writer instead of failing at once with "database is locked".
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}

@@ -1,0 +1,169 @@
+"""What a person sees while a sweep runs: a live rich view on a terminal, one-line records otherwise, or nothing."""
+
+import math
+import time
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from train_core.trainer import StepMetrics
+
+STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
+
+
+class SweepView:
+    """The quiet view, and the interface of the others: every hook does nothing."""
+
+    def __enter__(self) -> "SweepView":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def sweep_started(self, study: optuna.Study, *, trials: int, steps: int) -> None:
+        pass
+
+    def trial_started(self, number: int, *, lr: float, warmup: int) -> None:
+        pass
+
+    def trial_step(self, number: int, metrics: StepMetrics, smoothed_loss: float) -> None:
+        pass
+
+    def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        pass
+
+
+def make_view(console: Console, *, quiet: bool) -> SweepView:
+    if quiet:
+        return SweepView()
+    return LiveView(console) if console.is_terminal else PlainView(console)
+
+
+def trial_reason(trial: FrozenTrial) -> str:
+    return str(trial.user_attrs.get("prune_reason") or trial.user_attrs.get("fail_reason") or "")
+
+
+class PlainView(SweepView):
+    """One line per event, for logs and CI; a step line every tenth of a trial."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.steps = 1
+        self.started: dict[int, float] = {}
+
+    def sweep_started(self, study: optuna.Study, *, trials: int, steps: int) -> None:
+        self.steps = steps
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+        self.console.print(f"study {study.study_name}: {done}/{trials} trials finished, {steps} steps each", highlight=False)
+
+    def trial_started(self, number: int, *, lr: float, warmup: int) -> None:
+        self.started[number] = time.perf_counter()
+        self.console.print(f"trial {number} started: lr {lr:.3g} warmup {warmup}", highlight=False)
+
+    def trial_step(self, number: int, metrics: StepMetrics, smoothed_loss: float) -> None:
+        if (metrics.step + 1) % max(1, self.steps // 10) == 0:
+            self.console.print(
+                f"trial {number} step {metrics.step + 1}/{self.steps} loss {smoothed_loss:.4f} "
+                f"lr {metrics.lr:.3g} tok/s {metrics.tokens_per_s:,.0f}",
+                highlight=False,
+            )
+
+    def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        seconds = time.perf_counter() - self.started.pop(trial.number, time.perf_counter())
+        value = f" val loss {trial.value:.4f}" if trial.value is not None else ""
+        reason = f" ({trial_reason(trial)})" if trial_reason(trial) else ""
+        self.console.print(f"trial {trial.number} {trial.state.name}{value}{reason} in {seconds:.0f}s", highlight=False)
+
+
+class LiveView(SweepView):
+    """Overall progress with ETA, the running trial's progress, and a table of trials, redrawn in place."""
+
+    MAX_ROWS = 20
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.overall = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.rows: dict[int, dict] = {}
+        self.best: float | None = None
+        self.steps = 1
+        self.live = Live(console=console, refresh_per_second=4, get_renderable=self._render)
+        self.task = None
+
+    def __enter__(self) -> "LiveView":
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.__exit__(*exc)
+
+    def sweep_started(self, study: optuna.Study, *, trials: int, steps: int) -> None:
+        self.steps = steps
+        for trial in study.trials:
+            self._record(trial)
+        done = sum(r["state"] in ("COMPLETE", "PRUNED") for r in self.rows.values())
+        # Progress counts steps, so the ETA follows the work; a pruned trial's remaining steps count as done.
+        self.task = self.overall.add_task(f"{study.study_name}", total=trials * steps, completed=done * steps)
+
+    def trial_started(self, number: int, *, lr: float, warmup: int) -> None:
+        self.rows[number] = {"lr": lr, "warmup": warmup, "step": 0, "loss": math.nan, "tok_s": 0.0,
+                             "state": "RUNNING", "value": None, "reason": ""}
+
+    def trial_step(self, number: int, metrics: StepMetrics, smoothed_loss: float) -> None:
+        row = self.rows[number]
+        row.update(step=metrics.step + 1, loss=smoothed_loss, tok_s=metrics.tokens_per_s)
+        self.overall.advance(self.task, 1)
+
+    def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        before = self.rows.get(trial.number, {}).get("step", 0)
+        self._record(trial)
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self.overall.advance(self.task, self.steps - before)
+
+    def _record(self, trial: FrozenTrial) -> None:
+        if trial.value is not None and trial.state == TrialState.COMPLETE:
+            self.best = trial.value if self.best is None else min(self.best, trial.value)
+        last_step = max(trial.intermediate_values, default=-1) + 1
+        row = self.rows.get(trial.number, {})
+        self.rows[trial.number] = {
+            "lr": trial.params.get("lr", math.nan),
+            "warmup": trial.params.get("warmup", ""),
+            "step": max(row.get("step", 0), last_step),
+            "loss": row.get("loss", trial.intermediate_values.get(last_step - 1, math.nan)),
+            "tok_s": trial.user_attrs.get("tokens_per_s", row.get("tok_s", 0.0)),
+            "state": trial.state.name,
+            "value": trial.value,
+            "reason": trial_reason(trial),
+        }
+
+    def _render(self) -> Group:
+        table = Table(expand=False, header_style="bold")
+        for name in ("#", "peak lr", "warmup", "step", "loss", "val loss", "tok/s", "state", "why"):
+            table.add_column(name, justify="right" if name not in ("state", "why") else "left")
+        for number in sorted(self.rows)[-self.MAX_ROWS :]:
+            r = self.rows[number]
+            style = STATE_STYLE.get(r["state"], "")
+            table.add_row(
+                str(number),
+                f"{r['lr']:.3g}",
+                str(r["warmup"]),
+                f"{r['step']}/{self.steps}",
+                "" if math.isnan(r["loss"]) else f"{r['loss']:.4f}",
+                "" if r["value"] is None else f"{r['value']:.4f}",
+                f"{r['tok_s']:,.0f}",
+                f"[{style}]{r['state']}[/]",
+                r["reason"],
+            )
+        best = f"best val loss {self.best:.4f}" if self.best is not None else "no trial finished yet"
+        return Group(self.overall, table, best)
