@@ -101,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-steps", type=_positive_int, help="steps to run, the cosine horizon too (default: the recipe's)")
     tr.add_argument("--out", type=Path, help="run folder (default runs/<study>/train)")
 
+    pr = commands.add_parser("promote", help="run a sweep trial's LR and warmup to the recipe's max_steps")
+    pr.add_argument("trial", help="'best' or a trial number")
+    pr.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
+    pr.add_argument("--steps", type=_positive_int, default=300, help="the sweep's steps per trial, for the default study name")
+    pr.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
+    pr.add_argument("--study-name", help="default: <study>-<steps>")
+    pr.add_argument("--max-steps", type=_positive_int, help="shorter (or longer) full run; the cosine horizon follows")
+    pr.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    pr.add_argument("--force", action="store_true", help="promote even if the recipe changed since the sweep")
+
+    st = commands.add_parser("status", help="studies in a storage, or one study's trials and promoted runs")
+    st.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
+    st.add_argument("--study-name", help="show this study's trials")
+
     prep = commands.add_parser("prepare", help="tokenize text files or folders into train.bin / val.bin")
     prep.add_argument("sources", nargs="+", type=Path, help="text files or folders")
     prep.add_argument("--out", type=Path, required=True, help="output folder")
@@ -110,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    console = Console()
+    # Logs and CI are not terminals; give their tables room instead of rich's 80-column default.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     debug = "--debug" in argv
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the view reports trials; Optuna's INFO lines repeat it
     try:
@@ -236,4 +251,51 @@ def cmd_prepare(args, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"lr": cmd_lr, "train": cmd_train, "prepare": cmd_prepare}
+def _existing_study(storage_url: str, study_name: str):
+    from sweep.storage import mask, open_storage
+
+    storage = open_storage(storage_url, create=False)
+    try:
+        return storage, optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        raise InputError(
+            f"no study {study_name} in {mask(storage_url)} (it has: {names or 'none'}); run `python -m sweep lr` first "
+            "or pass --study-name"
+        ) from None
+
+
+def cmd_promote(args, console: Console) -> int:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from sweep.promote import make_plan, pick_trial, run_promote
+    from sweep.recipe import load_recipe
+    from sweep.storage import artifact_dir
+
+    recipe = load_recipe(resolve_study(args.study))
+    storage, study = _existing_study(args.storage, args.study_name or f"{recipe.name}-{args.steps}")
+    trial = pick_trial(study, args.trial)
+    plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs_root=Path("runs"))
+    if args.dry_run:
+        console.print(plan.describe(), highlight=False)
+        return 0
+    folder = artifact_dir(args.storage)
+    folder.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(folder)
+    return run_promote(plan, storage=storage, console=console, artifact_store=store)
+
+
+def cmd_status(args, console: Console) -> int:
+    from sweep.report import print_summary, studies_table
+
+    if args.study_name:
+        storage, study = _existing_study(args.storage, args.study_name)
+        print_summary(console, study)
+        return 0
+    from sweep.storage import open_storage
+
+    console.print(studies_table(open_storage(args.storage, create=False)))
+    return 0
+
+
+COMMANDS = {"lr": cmd_lr, "train": cmd_train, "promote": cmd_promote, "status": cmd_status, "prepare": cmd_prepare}

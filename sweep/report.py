@@ -54,6 +54,58 @@ def best_summary(study: optuna.Study) -> str | None:
     return text
 
 
+def promoted_table(study: optuna.Study) -> Table | None:
+    """The full runs promoted from this study's trials (the study's promote-<trial> user attrs)."""
+    runs = [v for k, v in sorted(study.user_attrs.items()) if k.startswith("promote-")]
+    if not runs:
+        return None
+    table = Table(title="promoted runs", header_style="bold")
+    for name in ("trial", "peak lr", "warmup", "steps", "final val", "best val", "status", "run folder"):
+        table.add_column(name, justify="left" if name in ("status", "run folder") else "right")
+    for r in runs:
+        table.add_row(
+            str(r["trial"]),
+            f"{r['lr']:.3g}",
+            str(r["warmup"]),
+            f"{r['steps_done']}/{r['max_steps']}",
+            _fmt(r["final_val_loss"]),
+            _fmt(r["best_val_loss"]),
+            r["status"],
+            r["run_dir"],
+        )
+    return table
+
+
+def studies_table(storage) -> Table:
+    table = Table(title="studies", header_style="bold")
+    for name in ("study", "trials", "complete", "pruned", "failed", "running", "best val", "best lr", "promoted"):
+        table.add_column(name, justify="left" if name == "study" else "right")
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        count = {state: sum(t.state == state for t in trials) for state in TrialState}
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        best = min(complete, key=lambda t: t.value) if complete else None
+        table.add_row(
+            summary.study_name,
+            str(len(trials)),
+            str(count[TrialState.COMPLETE]),
+            str(count[TrialState.PRUNED]),
+            str(count[TrialState.FAIL]),
+            str(count[TrialState.RUNNING]),
+            _fmt(best.value if best else None),
+            f"{best.params['lr']:.3g}" if best and "lr" in best.params else "",
+            str(sum(k.startswith("promote-") for k in summary.user_attrs)),
+        )
+    return table
+
+
 def print_summary(console: Console, study: optuna.Study) -> None:
     console.print(trials_table(study, title=f"study {study.study_name}"))
+    if (table := promoted_table(study)) is not None:
+        console.print(table)
     console.print(best_summary(study) or "no trial completed", highlight=False)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -54,17 +54,23 @@ def check_url(url: str) -> None:
         )
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """The Optuna storage behind url; an unreachable database is an InputError with the password masked."""
+def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
+    """The Optuna storage behind url; an unreachable database is an InputError with the password masked.
+
+    With create=False a SQLite or journal file that does not exist yet is an error instead of a new empty storage.
+    """
     check_url(url)
     kind = scheme(url)
+    path = sqlite_path(url) or (Path(url) if kind is None else None)
+    if not create and path is not None and not path.exists():
+        raise InputError(f"no storage at {path}: run `python -m sweep lr` first, or pass --storage")
     try:
         if kind is None:
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(url))
         if kind == "redis":
             return JournalStorage(JournalRedisBackend(url))
-        if (path := sqlite_path(url)) is not None:
+        if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         return RDBStorage(url, engine_kwargs=_engine_kwargs(kind))
     except InputError:

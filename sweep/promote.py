@@ -1,0 +1,272 @@
+"""Promote a sweep trial into the study's full run: its peak LR and warmup, the recipe's max_steps and schedule.
+
+The run goes to runs/<study>/promote-<trial>/ (checkpoints, metrics.csv) and resumes from there after a crash.
+Optuna does not let a finished trial change, so the result is written back as
+- the sweep study's user attr `promote-<trial>` (status, run dir, steps done, val losses, tokens), updated at every
+  evaluation, and a section of the study's markdown note;
+- a trial of the study `<study>-promoted` with the full run's val-loss curve as intermediate values, its per-step
+  curve as a CSV artifact, and a note, written when the run finishes.
+"""
+
+import csv
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import optuna_dashboard
+import yaml
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+
+from sweep.objective import git_commit
+from sweep.recipe import Recipe, _Loader
+from train_core.checkpoint import CheckpointManager
+from train_core.config import TrainConfig
+from train_core.errors import InputError
+from train_core.trainer import StepMetrics, train
+
+METRIC_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu", "val_loss")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromotePlan:
+    study: optuna.Study
+    trial: FrozenTrial
+    config: TrainConfig
+    run_dir: Path
+
+    @property
+    def tokens(self) -> int:
+        return self.config.schedule.max_steps * self.config.batch.total_batch_size
+
+    def describe(self) -> str:
+        s = self.config.schedule
+        speed = self.trial.user_attrs.get("tokens_per_s")
+        eta = f", about {_duration(self.tokens / speed)} at the trial's {speed:,.0f} tokens/s" if speed else ""
+        return (
+            f"promote trial {self.trial.number} of {self.study.study_name}: peak lr {s.max_lr:.3g}, warmup "
+            f"{s.warmup_steps} steps, cosine to {s.max_lr * s.min_lr_ratio:.3g} at step {s.max_steps}; "
+            f"{s.max_steps:,} steps x {self.config.batch.total_batch_size:,} tokens = {self.tokens:,} tokens{eta}; "
+            f"eval every {self.config.eval.interval} steps, checkpoints every {self.config.checkpoint.interval} "
+            f"into {self.run_dir}"
+        )
+
+
+def pick_trial(study: optuna.Study, which: str) -> FrozenTrial:
+    """`best` or a trial number; the trial must be COMPLETE."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if which == "best":
+        if not complete:
+            raise InputError(f"study {study.study_name} has no completed trial to promote; run the sweep first")
+        return min(complete, key=lambda t: t.value)
+    if not which.isdigit():
+        raise InputError(f"promote takes 'best' or a trial number, got {which!r}")
+    number = int(which)
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None:
+        raise InputError(f"study {study.study_name} has no trial {number} (it has {len(study.trials)} trials)")
+    if trial.state != TrialState.COMPLETE:
+        raise InputError(f"trial {number} of {study.study_name} is {trial.state.name}, not COMPLETE; promote a completed trial")
+    return trial
+
+
+def recipe_changes(study: optuna.Study, recipe: Recipe) -> list[str]:
+    """Keys whose values differ between the recipe the study was swept with and the recipe file now."""
+    saved_text = study.user_attrs.get("recipe")
+    if saved_text is None or saved_text == recipe.text:
+        return []
+    before = _flatten(yaml.load(saved_text, Loader=_Loader))
+    after = _flatten(yaml.load(recipe.text, Loader=_Loader))
+    return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+
+
+def make_plan(
+    study: optuna.Study, trial: FrozenTrial, recipe: Recipe, *, max_steps: int | None, force: bool, runs_root: Path
+) -> PromotePlan:
+    changes = recipe_changes(study, recipe)
+    if changes and not force:
+        raise InputError(
+            f"{recipe.path} changed since study {study.study_name} was swept ({'; '.join(changes)}); pass --force to promote anyway"
+        )
+    sched = recipe.train.schedule
+    steps = max_steps or sched.max_steps
+    # Warmup keeps the trial's step count: it tames the first updates, whose trouble does not grow with the horizon.
+    warmup = min(int(trial.params["warmup"]), steps)
+    config = dataclasses.replace(
+        recipe.train,
+        schedule=dataclasses.replace(
+            sched, max_lr=float(trial.params["lr"]), warmup_steps=warmup, max_steps=steps, decay_steps=None
+        ),
+        seed=int(trial.user_attrs.get("seed", recipe.train.seed)),
+    )
+    suffix = "" if max_steps is None else f"-{steps}steps"  # a shortened run must not resume a full one
+    run_dir = runs_root / study.study_name / f"promote-{trial.number}{suffix}"
+    return PromotePlan(study=study, trial=trial, config=config, run_dir=run_dir)
+
+
+def run_promote(
+    plan: PromotePlan, *, storage: optuna.storages.BaseStorage, console: Console, artifact_store: FileSystemArtifactStore
+) -> int:
+    is_main = int(os.environ.get("RANK", 0)) == 0
+    checkpoints = CheckpointManager(plan.run_dir, keep_last=plan.config.checkpoint.keep_last)
+    if (summary := checkpoints.done_summary()) is not None:
+        if is_main:
+            console.print(
+                f"{plan.run_dir} already finished: {summary['steps_done']} steps, val loss {summary['final_val_loss']:.4f}",
+                highlight=False,
+            )
+        return 0
+    log = _MetricsLog(plan.run_dir / "metrics.csv") if is_main else None
+    key = f"promote-{plan.trial.number}"
+    started = time.perf_counter()
+    total = plan.config.schedule.max_steps
+
+    def on_step(m: StepMetrics) -> None:
+        log.write(m)
+        if m.val_loss is not None or m.step % 50 == 0:
+            val = f" val {m.val_loss:.4f}" if m.val_loss is not None else ""
+            console.print(
+                f"step {m.step + 1}/{total} loss {m.loss:.4f}{val} lr {m.lr:.3g} {m.tokens_per_s:,.0f} tok/s mfu {m.mfu:.1%}",
+                highlight=False,
+            )
+        if m.val_loss is not None:
+            plan.study.set_user_attr(key, _status(plan, log, status="running", steps_done=m.step + 1))
+
+    if is_main:
+        console.print(plan.describe(), highlight=False)
+        plan.study.set_user_attr(key, _status(plan, log, status="running", steps_done=0))
+    result = train(plan.config, out_dir=plan.run_dir, callback=on_step)
+    if not is_main:
+        return 0
+    wall = time.perf_counter() - started
+    status = _status(plan, log, status=result.status, steps_done=result.steps_done)
+    status |= {"wall_s": round(wall, 1), "tokens_per_s": round(result.tokens_per_s, 1)}
+    plan.study.set_user_attr(key, status)
+    _write_study_note(plan.study)
+    if result.status == "completed":
+        _record_promoted_trial(plan, log, status, storage, artifact_store)
+    console.print(
+        f"{result.status}: {result.steps_done} steps, final val loss {_fmt(result.final_val_loss)}, best "
+        f"{_fmt(result.best_val_loss)}, {result.tokens_per_s:,.0f} tokens/s, {wall:.0f}s; run folder {plan.run_dir}",
+        highlight=False,
+    )
+    return 0 if result.status == "completed" else 1
+
+
+class _MetricsLog:
+    """metrics.csv of the full run, one row per step; after a resume, rows the crashed process wrote past the
+    checkpoint it resumed from are dropped, so the file matches the run's real history."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] = []
+        if path.exists():
+            with open(path, newline="") as f:
+                self.rows = [dict(r) for r in csv.DictReader(f)]
+        self.first = True
+
+    def write(self, m: StepMetrics) -> None:
+        if self.first:
+            self.rows = [r for r in self.rows if int(r["step"]) < m.step]
+            self._rewrite()
+            self.first = False
+        row = {
+            "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm, "tokens_seen": m.tokens_seen,
+            "tokens_per_s": round(m.tokens_per_s, 1), "mfu": round(m.mfu, 4),
+            "val_loss": "" if m.val_loss is None else m.val_loss,
+        }
+        self.rows.append({k: str(v) for k, v in row.items()})
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRIC_COLUMNS).writerow(row)
+
+    def _rewrite(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def val_curve(self) -> list[tuple[int, float]]:
+        return [(int(r["step"]), float(r["val_loss"])) for r in self.rows if r["val_loss"]]
+
+
+def _status(plan: PromotePlan, log: _MetricsLog, *, status: str, steps_done: int) -> dict:
+    vals = [v for _, v in log.val_curve()]
+    return {
+        "status": status,
+        "run_dir": str(plan.run_dir),
+        "trial": plan.trial.number,
+        "lr": plan.config.schedule.max_lr,
+        "warmup": plan.config.schedule.warmup_steps,
+        "max_steps": plan.config.schedule.max_steps,
+        "steps_done": steps_done,
+        "tokens": steps_done * plan.config.batch.total_batch_size,
+        "final_val_loss": vals[-1] if vals else None,
+        "best_val_loss": min(vals) if vals else None,
+    }
+
+
+def _record_promoted_trial(
+    plan: PromotePlan, log: _MetricsLog, status: dict, storage: optuna.storages.BaseStorage, store: FileSystemArtifactStore
+) -> None:
+    """A COMPLETE trial in <study>-promoted whose intermediate values are the full run's val-loss curve."""
+    promoted = optuna.create_study(
+        study_name=f"{plan.study.study_name}-promoted",
+        storage=storage,
+        direction="minimize",
+        load_if_exists=True,
+    )
+    promoted.enqueue_trial(plan.trial.params)
+    trial = promoted.ask(fixed_distributions=plan.trial.distributions)
+    for step, value in log.val_curve():
+        trial.report(value, step)
+    for key, value in status.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("source_study", plan.study.study_name)
+    if commit := git_commit():
+        trial.set_user_attr("git_commit", commit)
+    optuna_dashboard.save_note(trial, _promoted_note(status))
+    upload_artifact(artifact_store=store, file_path=str(log.path), study_or_trial=trial)
+    promoted.tell(trial, status["final_val_loss"])
+
+
+def _write_study_note(study: optuna.Study) -> None:
+    runs = {k: v for k, v in study.user_attrs.items() if k.startswith("promote-")}
+    lines = ["## Promoted runs", "", "| trial | lr | warmup | steps | status | final val | best val |", "|---|---|---|---|---|---|---|"]
+    for v in runs.values():
+        lines.append(
+            f"| {v['trial']} | {v['lr']:.3g} | {v['warmup']} | {v['steps_done']}/{v['max_steps']} | {v['status']} "
+            f"| {_fmt(v['final_val_loss'])} | {_fmt(v['best_val_loss'])} |"
+        )
+    optuna_dashboard.save_note(study, "\n".join(lines))
+
+
+def _promoted_note(status: dict) -> str:
+    return (
+        f"**full run of trial {status['trial']}**: peak lr {status['lr']:.3g}, warmup {status['warmup']}, "
+        f"{status['steps_done']} steps, {status['tokens']:,} tokens\n\n"
+        f"**final val loss** {_fmt(status['final_val_loss'])} · **best** {_fmt(status['best_val_loss'])}\n\n"
+        f"run folder `{status['run_dir']}`"
+    )
+
+
+def _flatten(values, prefix: str = "") -> dict:
+    if not isinstance(values, dict):
+        return {prefix.rstrip("."): values}
+    out = {}
+    for k, v in values.items():
+        out |= _flatten(v, f"{prefix}{k}.")
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
