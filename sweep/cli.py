@@ -9,10 +9,12 @@ Bad input exits 2 with one line; --debug shows the traceback instead.
 
 import argparse
 import math
+import signal
 import sys
 from pathlib import Path
 
 import optuna
+import torch
 from rich.console import Console
 
 from train_core.errors import InputError
@@ -92,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cosine: each trial decays to lr/10 at its last step (default); constant: warmup then flat")
     lr.add_argument("--seed", type=int, help="data order and init shared by all trials (default: the study's)")
     lr.add_argument("--ckpt-every", type=_positive_int, default=100, help="trial checkpoint interval in steps")
+    lr.add_argument("--workers", type=_positive_int, default=1,
+                    help="worker processes on this machine, splitting its cores (needs a journal, PostgreSQL or Redis storage)")
+    lr.add_argument("--threads", type=_positive_int, help="torch threads of this process (default: torch's choice)")
+    lr.add_argument("--worker-index", type=int,
+                    help="this worker's number among several sharing a study (e.g. $SLURM_ARRAY_TASK_ID): varies its proposals")
+    lr.add_argument("--heartbeat", type=_positive_float, default=10.0, help="seconds between a running trial's heartbeats")
+    lr.add_argument("--grace", type=_positive_float, default=60.0,
+                    help="seconds without a heartbeat after which a trial's worker counts as dead and the trial is retried")
     lr.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
 
     tr = commands.add_parser("train", help="one training run with checkpoints; resumes from its folder")
@@ -128,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=160)
     debug = "--debug" in argv
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the view reports trials; Optuna's INFO lines repeat it
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM ends trials as cleanly as Ctrl-C
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return COMMANDS[args.command](args, console)
     except InputError as error:
         if debug:
@@ -143,12 +155,30 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    """The command line for one worker: this one without --workers (and its value) and --debug."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers=") and arg != "--debug":
+            out.append(arg)
+    return out
+
+
 def cmd_lr(args, console: Console) -> int:
     from sweep.lr import run_sweep
     from sweep.objective import TrialPlan
     from sweep.recipe import Warmup, load_recipe
     from sweep.report import print_summary
-    from sweep.storage import check_url, sqlite_path
+    from sweep.storage import check_url, scheme, sqlite_path
+    from sweep.workers import Liveness
     from sweep.components import make_pruner, make_sampler
     from sweep.view import make_view
 
@@ -162,9 +192,18 @@ def cmd_lr(args, console: Console) -> int:
     too_long = [w for w in warmup.steps(args.steps) if w >= args.steps]
     if too_long:
         raise InputError(f"--warmup {too_long[0]} must be below --steps {args.steps} (give fewer steps or fractions)")
-    make_sampler(args.sampler, seed=0, n_finished=0, n_startup_trials=1, grid={"lr": [1.0]})  # validates the name
+    make_sampler(args.sampler, seed=0, n_finished=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
     make_pruner(args.pruner, steps=args.steps, warmup_steps=0)
     check_url(args.storage)
+    if args.workers > 1 and scheme(args.storage) == "sqlite":
+        raise InputError(
+            f"--workers {args.workers} with SQLite storage: SQLite locks under several writers; use a journal file "
+            "(--storage runs/sweep.log), postgresql://... or redis://..."
+        )
+    if args.heartbeat >= args.grace:
+        raise InputError(f"--heartbeat must be shorter than --grace, got {args.heartbeat:g} >= {args.grace:g}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     trials = args.trials or search.trials
     plan = TrialPlan(
         recipe=recipe,
@@ -189,6 +228,10 @@ def cmd_lr(args, console: Console) -> int:
             sampler=args.sampler,
             grid_points=args.grid_points,
             view=view,
+            liveness=Liveness(interval=args.heartbeat, grace=args.grace),
+            workers=args.workers,
+            worker_argv=_without_workers(args.argv),
+            worker_index=args.worker_index,
         )
     print_summary(console, outcome.study)
     if outcome.plot:

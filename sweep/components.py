@@ -18,11 +18,12 @@ def lr_grid(*, lr_min: float, lr_max: float, points: int, anchor_lr: float) -> l
 
 
 def make_sampler(
-    name: str, *, seed: int, n_finished: int, n_startup_trials: int, grid: dict[str, list] | None = None
+    name: str, *, seed: int, n_finished: int, worker: int, n_startup_trials: int, grid: dict[str, list] | None = None
 ) -> optuna.samplers.BaseSampler:
-    """A seeded sampler. The seed is mixed with the number of finished trials so that a continued study does not
-    replay the proposals of its first session (optuna#3255)."""
-    seed = seed * 1_000_003 + n_finished
+    """A seeded sampler. The seed is mixed with the number of finished trials, so that a continued study does not
+    replay the proposals of its first session (optuna#3255), and with the worker, so that workers sharing a study
+    do not propose the same trials."""
+    seed = ((seed * 1_000_003 + n_finished) * 7_919 + worker) % 2**32
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
     if name == "gp":

@@ -1,12 +1,14 @@
 """The LR x warmup sweep: an Optuna study of short trials, continued until it holds `trials` finished trials."""
 
 import json
+import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
@@ -14,9 +16,9 @@ from sweep.objective import Objective, TrialPlan
 from sweep.recipe import Warmup
 from sweep.storage import artifact_dir, mask, open_storage, sqlite_path
 from sweep.view import SweepView
+from sweep.workers import FINISHED, Budget, Liveness, reap_dead_trials, run_worker_processes
 from train_core.errors import InputError
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 3  # failures do not count towards --trials; stop a sweep whose every trial crashes
 
 
@@ -50,7 +52,46 @@ def run_sweep(
     sampler: str,
     grid_points: int,
     view: SweepView,
+    liveness: Liveness = Liveness(),
+    workers: int = 1,
+    worker_argv: list[str] | None = None,
+    worker_index: int | None = None,
 ) -> SweepOutcome:
+    """Run trials until the study holds `trials` finished ones. Several processes, here (`workers` > 1 starts them
+    with `worker_argv`) or on other machines, may work on one study at once."""
+    study = open_study(
+        plan,
+        storage_url=storage_url,
+        study_name=study_name,
+        trials=trials,
+        sampler=sampler,
+        grid_points=grid_points,
+        worker_index=worker_index,
+    )
+    artifact_store = FileSystemArtifactStore(_mkdir(artifact_dir(storage_url)))
+    view.sweep_started(study, trials=trials, steps=plan.steps)
+    if workers > 1:
+        # A worker exits 1 when its trials kept failing (see cmd_lr).
+        stopped = run_worker_processes(study, argv=worker_argv, workers=workers, view=view, poll_every=1.0) == 1
+    else:
+        stopped = run_trials(
+            study, plan, trials=trials, timeout=timeout, view=view, liveness=liveness, artifact_store=artifact_store
+        )
+    plot = save_lr_plot(study, storage_url=storage_url, artifact_store=artifact_store)
+    return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped)
+
+
+def open_study(
+    plan: TrialPlan,
+    *,
+    storage_url: str,
+    study_name: str,
+    trials: int,
+    sampler: str,
+    grid_points: int,
+    worker_index: int | None = None,
+) -> optuna.Study:
+    """Create the study (recipe, search space and the anchor trial enqueued) or load it, refusing another space."""
     storage = open_storage(storage_url)
     space = plan.space()
     grid = None
@@ -68,13 +109,22 @@ def run_sweep(
                 "pass another --study-name to start a new study"
             )
     n_finished = len(existing.get_trials(deepcopy=False, states=FINISHED)) if existing else 0
+    if worker_index is None:
+        # Unnamed workers that join a running study get a salt of their own; a lone worker stays reproducible.
+        running = existing is not None and existing.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        worker_index = os.getpid() if running else 0
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
         direction="minimize",
         load_if_exists=True,
         sampler=make_sampler(
-            sampler, seed=plan.seed, n_finished=n_finished, n_startup_trials=startup_trials(trials), grid=grid
+            sampler,
+            seed=plan.seed,
+            n_finished=n_finished,
+            worker=worker_index,
+            n_startup_trials=startup_trials(trials),
+            grid=grid,
         ),
         pruner=make_pruner(plan.pruner_name, steps=plan.steps, warmup_steps=max(plan.warmup.steps(plan.steps))),
     )
@@ -86,26 +136,43 @@ def run_sweep(
         study.set_user_attr("anchor_lr", plan.recipe.search.anchor_lr)
         study.set_user_attr("anchor_source", plan.recipe.search.anchor_source)
         study.enqueue_trial(
-            {"lr": plan.recipe.search.anchor_lr, "warmup": anchor_warmup(plan)}, user_attrs={"anchor": True}
+            {"lr": plan.recipe.search.anchor_lr, "warmup": anchor_warmup(plan)},
+            user_attrs={"anchor": True},
+            skip_if_exists=True,  # two workers starting together enqueue it once
         )
+    return study
 
-    artifact_store = FileSystemArtifactStore(_mkdir(artifact_dir(storage_url)))
-    objective = Objective(plan, view=view, artifact_store=artifact_store)
+
+def run_trials(
+    study: optuna.Study,
+    plan: TrialPlan,
+    *,
+    trials: int,
+    timeout: float | None,
+    view: SweepView,
+    liveness: Liveness,
+    artifact_store: FileSystemArtifactStore,
+) -> bool:
+    """This process's worker loop; True when it stopped because trials kept failing."""
+    objective = Objective(plan, view=view, artifact_store=artifact_store, liveness=liveness)
     failures = _FailureStreak()
-    view.sweep_started(study, trials=trials, steps=plan.steps)
-    if n_finished < trials:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    idle = threading.Event()  # never set: waits on it are timed polls of the shared storage
+    while not failures.stopped and (deadline is None or time.monotonic() < deadline):
+        reap_dead_trials(study, grace=liveness.grace)
+        budget = Budget.of(study, total=trials)
+        if budget.done:
+            break
+        if not budget.may_start:
+            idle.wait(liveness.interval)  # other workers' trials fill the budget; wait for them to end or die
+            continue
         study.optimize(
             objective,
-            timeout=timeout,
+            n_trials=1,
             catch=(Exception,),
-            callbacks=[
-                MaxTrialsCallback(trials, states=FINISHED),
-                lambda s, t: view.trial_finished(s, t),
-                failures,
-            ],
+            callbacks=[lambda s, t: view.trial_finished(s, t), failures],
         )
-    plot = save_lr_plot(study, storage_url=storage_url, artifact_store=artifact_store)
-    return SweepOutcome(study=study, plot=plot, stopped_by_failures=failures.stopped)
+    return failures.stopped
 
 
 class _FailureStreak:

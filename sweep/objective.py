@@ -20,6 +20,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from sweep.recipe import Recipe, Warmup
 from sweep.stability import StabilityGuard
 from sweep.view import SweepView
+from sweep.workers import Heartbeat, Liveness, enqueue_retry, resume_root
 from train_core.config import TrainConfig
 from train_core.trainer import StepMetrics, train
 
@@ -80,10 +81,13 @@ class Objective:
     trial FAIL and the sweep goes on.
     """
 
-    def __init__(self, plan: TrialPlan, *, view: SweepView, artifact_store: FileSystemArtifactStore):
+    def __init__(
+        self, plan: TrialPlan, *, view: SweepView, artifact_store: FileSystemArtifactStore, liveness: Liveness
+    ):
         self.plan = plan
         self.view = view
         self.artifact_store = artifact_store
+        self.liveness = liveness
 
     def __call__(self, trial: optuna.Trial) -> float:
         plan = self.plan
@@ -94,12 +98,15 @@ class Objective:
         else:
             warmup = trial.suggest_categorical("warmup", list(warmups))
         config = plan.trial_config(lr=lr, warmup_steps=warmup)
-        out_dir = plan.runs_dir / f"trial-{trial.number}"
+        # A retry of a dead or interrupted trial trains in the first trial's folder: it resumes from its checkpoint.
+        out_dir = plan.runs_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}"
         guard = StabilityGuard(initial_loss=math.log(config.model.vocab_size), warmup_steps=warmup)
         curve: list[dict] = []
         outcome: dict[str, str] = {}
 
         def on_step(metrics: StepMetrics) -> bool:
+            if not curve and metrics.step > 0:
+                trial.set_user_attr("resumed_at_step", metrics.step)
             reason = guard.check(metrics)
             curve.append(_curve_row(metrics, guard.smoothed_loss))
             self.view.trial_step(trial.number, metrics, guard.smoothed_loss)
@@ -120,9 +127,12 @@ class Objective:
             trial.set_user_attr("git_commit", commit)
         started = time.perf_counter()
         try:
-            result = train(config, out_dir=out_dir, callback=on_step)
+            with Heartbeat(trial.study._storage, trial._trial_id, interval=self.liveness.interval):
+                result = train(config, out_dir=out_dir, callback=on_step)
         except KeyboardInterrupt:
             outcome["fail_reason"] = "interrupted"
+            # The next run of the same command picks this up first and resumes from the trial's checkpoint.
+            enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs)
             raise
         except Exception as error:
             outcome["fail_reason"] = f"{error.__class__.__name__}: {error}"

@@ -36,6 +36,19 @@ class SweepView:
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
         pass
 
+    def poll(self, study: optuna.Study) -> None:
+        """For a parent process that watches worker processes through the storage: report what changed."""
+        first_poll = "_seen_states" not in self.__dict__
+        seen = self.__dict__.setdefault("_seen_states", {})
+        for trial in study.get_trials(deepcopy=False):
+            if seen.get(trial.number) == trial.state:
+                continue
+            if trial.state == TrialState.RUNNING:
+                self.trial_started(trial.number, lr=trial.params.get("lr", math.nan), warmup=trial.params.get("warmup", 0))
+            elif trial.state.is_finished() and not first_poll:
+                self.trial_finished(study, trial)
+            seen[trial.number] = trial.state
+
 
 def make_view(console: Console, *, quiet: bool) -> SweepView:
     if quiet:
@@ -130,6 +143,18 @@ class LiveView(SweepView):
         self._record(trial)
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
             self.overall.advance(self.task, self.steps - before)
+
+    def poll(self, study: optuna.Study) -> None:
+        super().poll(study)
+        done = 0
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                done += self.steps
+            elif trial.state == TrialState.RUNNING and trial.intermediate_values:
+                step = max(trial.intermediate_values)
+                self.rows[trial.number].update(step=step + 1, loss=trial.intermediate_values[step])
+                done += step + 1
+        self.overall.update(self.task, completed=done)
 
     def _record(self, trial: FrozenTrial) -> None:
         if trial.value is not None and trial.state == TrialState.COMPLETE:

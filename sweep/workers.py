@@ -1,0 +1,154 @@
+"""Many workers on one study, and no lost trials.
+
+Optuna's own heartbeat runs only on RDB storages and only inside `study.optimize`, and it cannot resume a trial. So the
+sweep keeps its own, the same on every storage (SQLite, journal file, PostgreSQL, Redis):
+
+- while a trial runs, its worker stamps the trial's system attr `sweep:heartbeat` every `interval` seconds;
+- every worker, before each trial and while it waits, fails RUNNING trials whose stamp is older than `grace`
+  seconds ("worker died: no heartbeat for 63s") and enqueues a retry with the same params;
+- a retry records the trial it continues (`retry_of`) and trains in that trial's folder, so it resumes from the
+  dead trial's last checkpoint instead of starting over.
+
+Clocks of machines sharing a study must agree to well within `grace` (NTP does).
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+HEARTBEAT_ATTR = "sweep:heartbeat"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Liveness:
+    interval: float = 10.0  # seconds between heartbeats
+    grace: float = 60.0  # a RUNNING trial silent this long belongs to a dead worker
+
+    def __post_init__(self):
+        if not 0 < self.interval < self.grace:
+            raise ValueError(f"need 0 < heartbeat interval < grace, got {self.interval} and {self.grace}")
+
+
+class Heartbeat:
+    """Context manager: a thread that stamps one trial every `interval` seconds until the block ends."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, *, interval: float):
+        self.storage = storage
+        self.trial_id = trial_id
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._beat()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self._beat()
+            except UpdateFinishedTrialError:
+                return  # the trial ended (or another worker declared it dead): nothing left to keep alive
+
+    def _beat(self) -> None:
+        self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+
+
+def last_beat(trial: FrozenTrial) -> float:
+    stamp = trial.system_attrs.get(HEARTBEAT_ATTR)
+    return float(stamp) if stamp is not None else trial.datetime_start.timestamp()
+
+
+def reap_dead_trials(study: optuna.Study, *, grace: float) -> list[int]:
+    """Fail the RUNNING trials nobody has stamped for `grace` seconds and enqueue their retries; their numbers."""
+    storage = study._storage
+    now = time.time()
+    reaped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        silent = now - last_beat(trial)
+        if silent < grace:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker died: no heartbeat for {silent:.0f}s")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue  # finished meanwhile, or another worker reaped it first
+        enqueue_retry(study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs)
+        reaped.append(trial.number)
+    return reaped
+
+
+def enqueue_retry(study: optuna.Study, *, number: int, params: dict, user_attrs: dict) -> None:
+    """A new trial with trial `number`'s params that continues it from its checkpoint folder."""
+    attrs = {"retry_of": number, "resume_trial": resume_root(number, user_attrs)}
+    if user_attrs.get("anchor"):
+        attrs["anchor"] = True
+    study.enqueue_trial(params, user_attrs=attrs)
+
+
+def resume_root(number: int, user_attrs: dict) -> int:
+    """The trial whose folder holds this trial's checkpoints: the first of a chain of retries."""
+    return int(user_attrs.get("resume_trial", number))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Where a study stands against its total of finished trials, across all workers."""
+
+    total: int
+    finished: int  # complete + pruned
+    running: int
+    waiting: int  # enqueued: the anchor, retries of dead trials
+
+    @staticmethod
+    def of(study: optuna.Study, *, total: int) -> "Budget":
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        return Budget(
+            total=total,
+            finished=sum(s in FINISHED for s in states),
+            running=states.count(TrialState.RUNNING),
+            waiting=states.count(TrialState.WAITING),
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.total
+
+    @property
+    def may_start(self) -> bool:
+        """A queued trial always may; a new one only while the running ones cannot fill the budget."""
+        return not self.done and (self.waiting > 0 or self.finished + self.running < self.total)
+
+
+def run_worker_processes(study: optuna.Study, *, argv: list[str], workers: int, view, poll_every: float) -> int:
+    """Start `workers` copies of this sweep (argv: `python -m sweep lr ...` for one worker), each with an equal share
+    of the cores, and show their combined progress from the storage until all exit; the worst exit code."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    command = [sys.executable, "-m", "sweep", *argv, "--threads", str(threads), "--quiet"]
+    procs = [
+        subprocess.Popen([*command, "--worker-index", str(index)], stdout=subprocess.DEVNULL)
+        for index in range(1, workers + 1)
+    ]
+    exited = threading.Event()  # never set: waits on it are timed polls of the storage
+    try:
+        while any(p.poll() is None for p in procs):
+            view.poll(study)
+            exited.wait(poll_every)
+    finally:
+        for p in procs:  # on Ctrl-C the workers got SIGINT too: let them mark their trials and exit
+            p.wait()
+    view.poll(study)
+    return max(p.returncode for p in procs)
