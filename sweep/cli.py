@@ -69,8 +69,42 @@ def _warmup_list(text: str) -> list:
     return values
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _steps_list(text: str) -> list[int]:
+    """Comma-separated positive step counts, e.g. 100,300,1000."""
+    return [_positive_int(part) for part in text.split(",")]
+
+
+def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     from sweep.components import PRUNERS, SAMPLERS
+    from sweep.storage import DEFAULT_STORAGE
+
+    parser.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
+    parser.add_argument("--trials", type=_positive_int, help="finished trials the study should hold (default: the study's)")
+    parser.add_argument("--timeout", type=_positive_float, help="stop starting new trials after this many seconds")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL or journal file (default {DEFAULT_STORAGE})")
+    parser.add_argument("--study-name", help="default: <study>-<steps>")
+    parser.add_argument("--sampler", default="tpe", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
+    parser.add_argument("--pruner", default="median", help=f"one of {', '.join(PRUNERS)} (default median)")
+    parser.add_argument("--grid-points", type=_positive_int, default=5, help="LR points of the grid sampler (default 5)")
+    parser.add_argument("--lr-min", type=_positive_float, help="lowest peak LR (default: the study's, anchor/4)")
+    parser.add_argument("--lr-max", type=_positive_float, help="highest peak LR (default: the study's, anchor*4)")
+    parser.add_argument("--warmup", type=_warmup_list, help="warmup choices: steps (0,50,100) or fractions (0,0.05,0.1)")
+    parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                        help="cosine: each trial decays to lr/10 at its last step (default); constant: warmup then flat")
+    parser.add_argument("--seed", type=int, help="data order and init shared by all trials (default: the study's)")
+    parser.add_argument("--ckpt-every", type=_positive_int, default=100, help="trial checkpoint interval in steps")
+    parser.add_argument("--workers", type=_positive_int, default=1,
+                        help="worker processes on this machine, splitting its cores (needs a journal, PostgreSQL or Redis storage)")
+    parser.add_argument("--threads", type=_positive_int, help="torch threads of this process (default: torch's choice)")
+    parser.add_argument("--worker-index", type=int,
+                        help="this worker's number among several sharing a study (e.g. $SLURM_ARRAY_TASK_ID): varies its proposals")
+    parser.add_argument("--heartbeat", type=_positive_float, default=10.0, help="seconds between a running trial's heartbeats")
+    parser.add_argument("--grace", type=_positive_float, default=60.0,
+                        help="seconds without a heartbeat after which a trial's worker counts as dead and the trial is retried")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
     from sweep.storage import DEFAULT_STORAGE
 
     parser = _Parser(prog="sweep", description="Find the peak LR and warmup for a GPT, then run the winner.")
@@ -78,31 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     lr = commands.add_parser("lr", help="sweep peak LR x warmup with short trials")
-    lr.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
     lr.add_argument("--steps", type=_positive_int, default=300, help="optimizer steps per trial (default 300)")
-    lr.add_argument("--trials", type=_positive_int, help="finished trials the study should hold (default: the study's)")
-    lr.add_argument("--timeout", type=_positive_float, help="stop starting new trials after this many seconds")
-    lr.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL or journal file (default {DEFAULT_STORAGE})")
-    lr.add_argument("--study-name", help="default: <study>-<steps>")
-    lr.add_argument("--sampler", default="tpe", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
-    lr.add_argument("--pruner", default="median", help=f"one of {', '.join(PRUNERS)} (default median)")
-    lr.add_argument("--grid-points", type=_positive_int, default=5, help="LR points of the grid sampler (default 5)")
-    lr.add_argument("--lr-min", type=_positive_float, help="lowest peak LR (default: the study's, anchor/4)")
-    lr.add_argument("--lr-max", type=_positive_float, help="highest peak LR (default: the study's, anchor*4)")
-    lr.add_argument("--warmup", type=_warmup_list, help="warmup choices: steps (0,50,100) or fractions (0,0.05,0.1)")
-    lr.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
-                    help="cosine: each trial decays to lr/10 at its last step (default); constant: warmup then flat")
-    lr.add_argument("--seed", type=int, help="data order and init shared by all trials (default: the study's)")
-    lr.add_argument("--ckpt-every", type=_positive_int, default=100, help="trial checkpoint interval in steps")
-    lr.add_argument("--workers", type=_positive_int, default=1,
-                    help="worker processes on this machine, splitting its cores (needs a journal, PostgreSQL or Redis storage)")
-    lr.add_argument("--threads", type=_positive_int, help="torch threads of this process (default: torch's choice)")
-    lr.add_argument("--worker-index", type=int,
-                    help="this worker's number among several sharing a study (e.g. $SLURM_ARRAY_TASK_ID): varies its proposals")
-    lr.add_argument("--heartbeat", type=_positive_float, default=10.0, help="seconds between a running trial's heartbeats")
-    lr.add_argument("--grace", type=_positive_float, default=60.0,
-                    help="seconds without a heartbeat after which a trial's worker counts as dead and the trial is retried")
-    lr.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    lr.add_argument("--lr-range", choices=("study", "auto"), default="study",
+                    help="LR bounds from the study (default) or from an LR range test run first (auto)")
+    _add_sweep_flags(lr)
+    hz = commands.add_parser("horizon", help="sweep at several horizons and extrapolate the best LR to max_steps")
+    hz.add_argument("--steps", type=_steps_list, required=True, help="trial lengths, e.g. 100,300,1000")
+    _add_sweep_flags(hz)
+
+    rg = commands.add_parser("range", help="LR range test: one run with an exponentially growing LR")
+    rg.add_argument("--study", default="default", help="study file, or a name from studies/")
+    rg.add_argument("--steps", type=_positive_int, default=100, help="steps of the ramp (default 100)")
+    rg.add_argument("--lr-start", type=_positive_float, default=1e-6, help="first LR (default 1e-6)")
+    rg.add_argument("--lr-end", type=_positive_float, default=1.0, help="last LR (default 1)")
+    rg.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
+
+    cf = commands.add_parser("confirm", help="re-run the best settings with more seeds: the noise band")
+    cf.add_argument("--study", default="default", help="study file, or a name from studies/")
+    cf.add_argument("--steps", type=_positive_int, default=300, help="the sweep's steps per trial, for the default study name")
+    cf.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
+    cf.add_argument("--study-name", help="default: <study>-<steps>")
+    cf.add_argument("--top", type=_positive_int, default=3, help="settings to re-run, best first (default 3), plus the anchor")
+    cf.add_argument("--seeds", type=_positive_int, default=3, help="seeds per setting, the sweep's own included (default 3)")
 
     tr = commands.add_parser("train", help="one training run with checkpoints; resumes from its folder")
     tr.add_argument("--study", default="default", help="study file, or a name from studies/")
@@ -172,28 +203,25 @@ def _without_workers(argv: list[str]) -> list[str]:
     return out
 
 
-def cmd_lr(args, console: Console) -> int:
-    from sweep.lr import run_sweep
-    from sweep.objective import TrialPlan
-    from sweep.recipe import Warmup, load_recipe
-    from sweep.report import print_summary
-    from sweep.storage import check_url, scheme, sqlite_path
-    from sweep.workers import Liveness
+def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | None = None):
+    """The TrialPlan that the sweep flags describe for trials of `steps` steps; checks every flag first."""
     from sweep.components import make_pruner, make_sampler
-    from sweep.view import make_view
+    from sweep.objective import TrialPlan
+    from sweep.recipe import Warmup
+    from sweep.storage import check_url, scheme
 
-    recipe = load_recipe(resolve_study(args.study))
     search = recipe.search
-    lr_min = args.lr_min if args.lr_min is not None else search.lr_min
-    lr_max = args.lr_max if args.lr_max is not None else search.lr_max
+    lr_min, lr_max = lr_bounds or (search.lr_min, search.lr_max)
+    lr_min = args.lr_min if args.lr_min is not None else lr_min
+    lr_max = args.lr_max if args.lr_max is not None else lr_max
     if lr_min >= lr_max:
         raise InputError(f"--lr-min must be below --lr-max, got {lr_min:g} >= {lr_max:g}")
     warmup = Warmup.parse(args.warmup, key="--warmup") if args.warmup is not None else search.warmup
-    too_long = [w for w in warmup.steps(args.steps) if w >= args.steps]
+    too_long = [w for w in warmup.steps(steps) if w >= steps]
     if too_long:
-        raise InputError(f"--warmup {too_long[0]} must be below --steps {args.steps} (give fewer steps or fractions)")
+        raise InputError(f"--warmup {too_long[0]} must be below --steps {steps} (give fewer steps or fractions)")
     make_sampler(args.sampler, seed=0, n_finished=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
-    make_pruner(args.pruner, steps=args.steps, warmup_steps=0)
+    make_pruner(args.pruner, steps=steps, warmup_steps=0)
     check_url(args.storage)
     if args.workers > 1 and scheme(args.storage) == "sqlite":
         raise InputError(
@@ -202,28 +230,35 @@ def cmd_lr(args, console: Console) -> int:
         )
     if args.heartbeat >= args.grace:
         raise InputError(f"--heartbeat must be shorter than --grace, got {args.heartbeat:g} >= {args.grace:g}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    trials = args.trials or search.trials
-    plan = TrialPlan(
+    return TrialPlan(
         recipe=recipe,
-        steps=args.steps,
+        steps=steps,
         schedule=args.schedule,
         lr_min=lr_min,
         lr_max=lr_max,
         warmup=warmup,
         seed=args.seed if args.seed is not None else recipe.train.seed,
         pruner_name=args.pruner,
-        runs_dir=Path("runs") / (args.study_name or f"{recipe.name}-{args.steps}"),
+        runs_dir=Path("runs") / _study_name(args, recipe, steps),
         checkpoint_every=args.ckpt_every,
     )
-    study_name = args.study_name or f"{recipe.name}-{args.steps}"
+
+
+def _study_name(args, recipe, steps: int) -> str:
+    return args.study_name or f"{recipe.name}-{steps}"
+
+
+def _run_sweep(args, console: Console, plan):
+    from sweep.lr import run_sweep
+    from sweep.view import make_view
+    from sweep.workers import Liveness
+
     with make_view(console, quiet=args.quiet) as view:
-        outcome = run_sweep(
+        return run_sweep(
             plan,
             storage_url=args.storage,
-            study_name=study_name,
-            trials=trials,
+            study_name=_study_name(args, plan.recipe, plan.steps),
+            trials=args.trials or plan.recipe.search.trials,
             timeout=args.timeout,
             sampler=args.sampler,
             grid_points=args.grid_points,
@@ -233,6 +268,25 @@ def cmd_lr(args, console: Console) -> int:
             worker_argv=_without_workers(args.argv),
             worker_index=args.worker_index,
         )
+
+
+def cmd_lr(args, console: Console) -> int:
+    from sweep.recipe import load_recipe
+    from sweep.report import print_summary
+    from sweep.storage import open_storage, sqlite_path
+
+    recipe = load_recipe(resolve_study(args.study))
+    plan = _sweep_plan(args, recipe, steps=args.steps)  # checks the flags before the range test spends time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.lr_range == "auto":
+        from sweep.trust import run_range_test
+
+        result, _ = run_range_test(recipe, steps=100, lr_start=1e-6, lr_end=1.0, storage=open_storage(args.storage))
+        plan = _sweep_plan(args, recipe, steps=args.steps, lr_bounds=result.bounds())
+        console.print(f"lr range test: steepest at {result.steepest_lr:.3g}, diverged at {result.diverged_lr or '-'}; "
+                      f"sweeping {plan.lr_min:.3g} to {plan.lr_max:.3g}", highlight=False)
+    outcome = _run_sweep(args, console, plan)
     print_summary(console, outcome.study)
     if outcome.plot:
         console.print(f"loss vs peak lr: {outcome.plot}", highlight=False)
@@ -242,6 +296,83 @@ def cmd_lr(args, console: Console) -> int:
     if outcome.stopped_by_failures:
         console.print("stopped: the last trials all failed; see fail_reason in the table above", highlight=False)
         return 1
+    return 0
+
+
+def cmd_horizon(args, console: Console) -> int:
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    from sweep.recipe import load_recipe
+    from sweep.storage import artifact_dir
+    from sweep.trust import fit_horizon, save_horizon_plot
+
+    recipe = load_recipe(resolve_study(args.study))
+    if len(set(args.steps)) < 2:
+        raise InputError(f"--steps needs two or more horizons like 100,300,1000, got {args.steps}")
+    if args.study_name:
+        raise InputError("horizon names its studies <study>-<steps>; --study-name is not taken here")
+    plans = [_sweep_plan(args, recipe, steps=steps) for steps in sorted(set(args.steps))]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    studies = {plan.steps: _run_sweep(args, console, plan).study for plan in plans}
+    fit = fit_horizon(studies, tokens_per_step=recipe.train.batch.total_batch_size, target_steps=recipe.train.schedule.max_steps)
+    summary = optuna.create_study(study_name=f"{recipe.name}-horizon", storage=studies[plans[0].steps]._storage,
+                                  load_if_exists=True)
+    for key, value in {"points": fit.points, "exponent": fit.exponent, "target_steps": fit.target_steps,
+                       "extrapolated_lr": fit.lr, "uncertainty_factor": fit.factor}.items():
+        summary.set_user_attr(key, value)
+    plot = save_horizon_plot(fit, Path("runs") / f"{recipe.name}-horizon.png")
+    folder = artifact_dir(args.storage)
+    upload_artifact(artifact_store=FileSystemArtifactStore(folder), file_path=str(plot), study_or_trial=summary)
+    for steps, lr in fit.points:
+        console.print(f"best lr at {steps} steps: {lr:.3g}", highlight=False)
+    band = f" (x/÷ {fit.factor:.2f}, one standard error)" if math.isfinite(fit.factor) else ""
+    console.print(f"lr ∝ tokens^{fit.exponent:.3f}; extrapolated to max_steps {fit.target_steps}: {fit.lr:.3g}{band}; "
+                  f"plot: {plot}; `promote best --lr-from horizon` uses it", highlight=False)
+    return 0
+
+
+def cmd_range(args, console: Console) -> int:
+    from sweep.recipe import load_recipe
+    from sweep.storage import open_storage
+    from sweep.trust import run_range_test
+
+    recipe = load_recipe(resolve_study(args.study))
+    if args.lr_start >= args.lr_end:
+        raise InputError(f"--lr-start must be below --lr-end, got {args.lr_start:g} >= {args.lr_end:g}")
+    result, curve = run_range_test(
+        recipe, steps=args.steps, lr_start=args.lr_start, lr_end=args.lr_end, storage=open_storage(args.storage)
+    )
+    low, high = result.bounds()
+    diverged = f"{result.diverged_lr:.3g}" if result.diverged_lr is not None else "not within the range"
+    console.print(
+        f"lr range test over {len(curve)} steps: loss falls fastest at lr {result.steepest_lr:.3g}, lowest at "
+        f"{result.min_loss_lr:.3g}, diverges at {diverged}; suggested sweep bounds --lr-min {low:.3g} --lr-max {high:.3g}",
+        highlight=False,
+    )
+    return 0
+
+
+def cmd_confirm(args, console: Console) -> int:
+    from sweep.objective import TrialPlan
+    from sweep.recipe import Warmup, load_recipe
+    from sweep.trust import confirm_report, run_confirm
+
+    recipe = load_recipe(resolve_study(args.study))
+    storage, study = _existing_study(args.storage, args.study_name or f"{recipe.name}-{args.steps}")
+    space = study.user_attrs.get("search_space")
+    if space is None:
+        raise InputError(f"study {study.study_name} was not made by `sweep lr` (it has no search_space attr)")
+    plan = TrialPlan(
+        recipe=recipe, steps=space["steps"], schedule=space["schedule"], lr_min=space["lr"][0], lr_max=space["lr"][1],
+        warmup=Warmup(choices=tuple(space["warmup"])), seed=space["seed"], pruner_name="none",
+        runs_dir=Path("runs") / study.study_name, checkpoint_every=space["steps"],
+    )
+    results = run_confirm(study, plan, top=args.top, seeds=args.seeds, storage=storage, console=console)
+    table, verdicts = confirm_report(results)
+    console.print(table)
+    for line in verdicts:
+        console.print(line, highlight=False)
     return 0
 
 
@@ -341,4 +472,13 @@ def cmd_status(args, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"lr": cmd_lr, "train": cmd_train, "promote": cmd_promote, "status": cmd_status, "prepare": cmd_prepare}
+COMMANDS = {
+    "lr": cmd_lr,
+    "horizon": cmd_horizon,
+    "range": cmd_range,
+    "confirm": cmd_confirm,
+    "train": cmd_train,
+    "promote": cmd_promote,
+    "status": cmd_status,
+    "prepare": cmd_prepare,
+}

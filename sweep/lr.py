@@ -163,6 +163,9 @@ def run_trials(
         budget = Budget.of(study, total=trials)
         if budget.done:
             break
+        # GridSampler stops a study whose grid is exhausted, but that stop only ends the current optimize() call.
+        if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+            break
         if not budget.may_start:
             idle.wait(liveness.interval)  # other workers' trials fill the budget; wait for them to end or die
             continue

@@ -3,7 +3,7 @@
 import math
 from typing import Literal
 
-ScheduleShape = Literal["cosine", "constant"]
+ScheduleShape = Literal["cosine", "constant", "exponential"]
 
 
 def get_lr(
@@ -18,8 +18,11 @@ def get_lr(
     """Learning rate for optimizer step `step` (0-based).
 
     decay_steps is the horizon where the cosine reaches min_lr = max_lr * min_lr_ratio; it is max_steps for a full
-    run and the trial length for a sweep trial, so that every trial ends annealed.
+    run and the trial length for a sweep trial, so that every trial ends annealed. `exponential` is the LR range
+    test's ramp instead: from min_lr up to max_lr at decay_steps - 1, geometrically, with no warmup.
     """
+    if shape == "exponential":
+        return max_lr * min_lr_ratio ** (1 - min(step / max(decay_steps - 1, 1), 1.0))
     assert 0 <= warmup_steps <= decay_steps, f"need 0 <= warmup_steps <= decay_steps, got {warmup_steps}, {decay_steps}"
     # 1) linear warmup for warmup_steps steps (the seed's formula: step 0 already trains at max_lr / warmup_steps)
     if step < warmup_steps:

@@ -1,0 +1,204 @@
+"""Sweep results a user can trust at the full horizon: the LR range test, the seed-noise band of the top settings,
+and the best LR extrapolated from several short horizons to the recipe's max_steps.
+
+Each writes what it found into a study of the same storage, so `status` and optuna-dashboard show it:
+`<recipe>-range` (one trial per range test), `<study>-confirm` (one trial per setting and seed) and
+`<recipe>-horizon` (the fit in its user attrs, the plot as an artifact).
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.table import Table
+
+from sweep.analysis import (
+    RangeTestResult,
+    analyse_range_test,
+    best_lr,
+    compare_paired,
+    fit_power_law,
+    range_test_diverged,
+)
+from sweep.objective import TrialPlan
+from sweep.recipe import Recipe
+from train_core.trainer import StepMetrics, train
+
+
+def run_range_test(
+    recipe: Recipe, *, steps: int, lr_start: float, lr_end: float, storage: optuna.storages.BaseStorage
+) -> tuple[RangeTestResult, list[tuple[float, float]]]:
+    """One run whose LR grows geometrically from lr_start to lr_end over `steps`, stopped once it diverges."""
+    base = recipe.train
+    config = dataclasses.replace(
+        base,
+        schedule=dataclasses.replace(
+            base.schedule, shape="exponential", max_lr=lr_end, min_lr_ratio=lr_start / lr_end, warmup_steps=0,
+            max_steps=steps, decay_steps=None,
+        ),
+        eval=dataclasses.replace(base.eval, interval=steps),
+    )
+    curve: list[tuple[float, float]] = []
+
+    def on_step(m: StepMetrics) -> bool:
+        lowest = min((loss for _, loss in curve), default=math.inf)
+        curve.append((m.lr, m.loss))
+        return range_test_diverged(m.loss, lowest)  # past divergence the rest of the ramp says nothing
+
+    train(config, callback=on_step)
+    result = analyse_range_test([lr for lr, _ in curve], [loss for _, loss in curve])
+    study = optuna.create_study(study_name=f"{recipe.name}-range", storage=storage, load_if_exists=True)
+    trial = study.ask({"lr_start": FloatDistribution(lr_start, lr_start), "lr_end": FloatDistribution(lr_end, lr_end)})
+    for step, (_, loss) in enumerate(curve):
+        if math.isfinite(loss):
+            trial.report(loss, step)
+    for key, value in dataclasses.asdict(result).items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("suggested_bounds", list(result.bounds()))
+    study.tell(trial, result.steepest_lr)
+    return result, curve
+
+
+@dataclass(frozen=True)
+class SeedResults:
+    lr: float
+    warmup: int
+    anchor: bool
+    losses: dict[int, float]  # seed -> final val loss
+
+    def mean_sd(self) -> tuple[float, float]:
+        values = list(self.losses.values())
+        return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def run_confirm(
+    study: optuna.Study, plan: TrialPlan, *, top: int, seeds: int, storage: optuna.storages.BaseStorage, console: Console
+) -> list[SeedResults]:
+    """Re-run the `top` best settings and the anchor with `seeds` data orders and inits each (the sweep's own trial
+    is seed 0 of its setting); runs already in `<study>-confirm` are reused, so an interrupted confirm continues."""
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    chosen: list[FrozenTrial] = []
+    for t in complete:
+        if all(t.params != c.params for c in chosen) and len(chosen) < top:
+            chosen.append(t)
+    anchor = next((t for t in complete if t.user_attrs.get("anchor")), None)
+    if anchor is not None and all(anchor.params != c.params for c in chosen):
+        chosen.append(anchor)
+    confirm = optuna.create_study(study_name=f"{study.study_name}-confirm", storage=storage, load_if_exists=True)
+    done = {
+        (t.params["lr"], t.params["warmup"], t.params["seed"]): t.value
+        for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
+    results = []
+    for t in chosen:
+        lr, warmup = t.params["lr"], int(t.params["warmup"])
+        losses = {plan.seed: t.value}
+        for seed in range(plan.seed + 1, plan.seed + seeds):
+            if (lr, warmup, seed) not in done:
+                console.print(f"confirm: lr {lr:.3g} warmup {warmup} seed {seed}", highlight=False)
+                config = dataclasses.replace(plan.trial_config(lr=lr, warmup_steps=warmup), seed=seed)
+                value = train(config).final_val_loss
+                trial = confirm.ask(
+                    {"lr": FloatDistribution(lr, lr), "warmup": IntDistribution(warmup, warmup),
+                     "seed": IntDistribution(seed, seed)}
+                )
+                trial.set_user_attr("source_trial", t.number)
+                confirm.tell(trial, value)
+                done[(lr, warmup, seed)] = value
+            losses[seed] = done[(lr, warmup, seed)]
+        results.append(SeedResults(lr=lr, warmup=warmup, anchor=bool(t.user_attrs.get("anchor")), losses=losses))
+    return results
+
+
+def confirm_report(results: list[SeedResults]) -> tuple[Table, list[str]]:
+    """A table of mean ± sd per setting and sentences on whether the winner beats the runner-up and the anchor."""
+    ranked = sorted(results, key=lambda r: r.mean_sd()[0])
+    table = Table(title="val loss over seeds", header_style="bold")
+    for name in ("peak lr", "warmup", "seeds", "mean", "sd", ""):
+        table.add_column(name, justify="right")
+    for r in ranked:
+        mean, sd = r.mean_sd()
+        table.add_row(f"{r.lr:.3g}", str(r.warmup), str(len(r.losses)), f"{mean:.4f}", f"{sd:.4f}", "anchor" if r.anchor else "")
+    winner, lines = ranked[0], []
+    others = [("the runner-up", ranked[1])] if len(ranked) > 1 else []
+    anchor = next((r for r in ranked if r.anchor), None)
+    if anchor is not None and anchor is not winner and (not others or anchor is not others[0][1]):
+        others.append(("the anchor", anchor))
+    elif anchor is not None and others and anchor is others[0][1]:
+        others[0] = ("the runner-up (the anchor)", anchor)
+    for label, other in others:
+        seeds = sorted(set(winner.losses) & set(other.losses))
+        c = compare_paired([winner.losses[s] for s in seeds], [other.losses[s] for s in seeds])
+        verdict = "better beyond seed noise" if c.distinguishable else "NOT distinguishable from it within seed noise"
+        lines.append(
+            f"lr {winner.lr:.3g} vs {label} lr {other.lr:.3g}: {c.mean_difference:+.4f} ± {c.half_width:.4f} "
+            f"(95%, {c.seeds} paired seeds): {verdict}"
+        )
+    return table, lines
+
+
+@dataclass(frozen=True)
+class HorizonFit:
+    points: list[tuple[int, float]]  # (steps, best lr)
+    tokens_per_step: int
+    target_steps: int
+    lr: float  # extrapolated to target_steps
+    factor: float  # one standard error, multiplicative
+    exponent: float
+
+
+def fit_horizon(studies: dict[int, optuna.Study], *, tokens_per_step: int, target_steps: int) -> HorizonFit:
+    """Best LR at each horizon (the bottom of its loss-vs-LR curve, at the winning warmup), then a power law in
+    tokens, extrapolated to target_steps."""
+    points = []
+    for steps, study in sorted(studies.items()):
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            raise ValueError(f"study {study.study_name} has no completed trial")
+        winner = min(complete, key=lambda t: t.value)
+        same_warmup = [t for t in complete if t.params["warmup"] == winner.params["warmup"]]
+        pool = same_warmup if len(same_warmup) >= 3 else complete
+        points.append((steps, best_lr([(t.params["lr"], t.value) for t in pool])))
+    law = fit_power_law([s * tokens_per_step for s, _ in points], [lr for _, lr in points])
+    target_tokens = target_steps * tokens_per_step
+    return HorizonFit(
+        points=points,
+        tokens_per_step=tokens_per_step,
+        target_steps=target_steps,
+        lr=law.predict(target_tokens),
+        factor=law.uncertainty_factor(target_tokens),
+        exponent=law.exponent,
+    )
+
+
+def save_horizon_plot(fit: HorizonFit, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    tokens = [s * fit.tokens_per_step for s, _ in fit.points]
+    ax.scatter(tokens, [lr for _, lr in fit.points], label="best lr per sweep horizon")
+    target = fit.target_steps * fit.tokens_per_step
+    line = np.geomspace(min(tokens), target, 50)
+    coefficient = fit.lr / target**fit.exponent
+    ax.plot(line, coefficient * line**fit.exponent, "--", label=f"fit: lr ∝ tokens^{fit.exponent:.2f}")
+    ax.errorbar([target], [fit.lr], yerr=[[fit.lr - fit.lr / fit.factor], [fit.lr * fit.factor - fit.lr]]
+                if math.isfinite(fit.factor) else None, fmt="s", color="red", label=f"max_steps: {fit.lr:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("best peak lr")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
