@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-steps", type=_positive_int, help="shorter (or longer) full run; the cosine horizon follows")
     pr.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     pr.add_argument("--force", action="store_true", help="promote even if the recipe changed since the sweep")
+    pr.add_argument("--lr-from", choices=("trial", "horizon"), default="trial",
+                    help="peak LR of the trial (default) or extrapolated to max_steps by `sweep horizon`")
 
     st = commands.add_parser("status", help="studies in a storage, or one study's trials and promoted runs")
     st.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
@@ -449,7 +451,14 @@ def cmd_promote(args, console: Console) -> int:
     recipe = load_recipe(resolve_study(args.study))
     storage, study = _existing_study(args.storage, args.study_name or f"{recipe.name}-{args.steps}")
     trial = pick_trial(study, args.trial)
-    plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs_root=Path("runs"))
+    lr = None
+    if args.lr_from == "horizon":
+        fits = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+        fit = fits.get(f"{recipe.name}-horizon")
+        if fit is None or "extrapolated_lr" not in fit.user_attrs:
+            raise InputError(f"no horizon fit for {recipe.name} in this storage: run `python -m sweep horizon --steps 100,300` first")
+        lr = fit.user_attrs["extrapolated_lr"]
+    plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs_root=Path("runs"), lr=lr)
     if args.dry_run:
         console.print(plan.describe(), highlight=False)
         return 0

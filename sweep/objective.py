@@ -144,6 +144,7 @@ class Objective:
             trial.set_user_attr("wall_s", round(wall, 2))
             self._save_curve(trial, out_dir, curve)
 
+        trial.set_user_attr("train_s", round(result.train_seconds, 2))
         trial.set_user_attr("tokens_seen", result.tokens_seen)
         trial.set_user_attr("flops", result.tokens_seen * result.flops_per_token)
         trial.set_user_attr("tokens_per_s", round(result.tokens_per_s, 1))

@@ -85,8 +85,16 @@ def recipe_changes(study: optuna.Study, recipe: Recipe) -> list[str]:
 
 
 def make_plan(
-    study: optuna.Study, trial: FrozenTrial, recipe: Recipe, *, max_steps: int | None, force: bool, runs_root: Path
+    study: optuna.Study,
+    trial: FrozenTrial,
+    recipe: Recipe,
+    *,
+    max_steps: int | None,
+    force: bool,
+    runs_root: Path,
+    lr: float | None = None,
 ) -> PromotePlan:
+    """The full run of `trial`: its warmup, its peak LR unless `lr` (e.g. extrapolated to the horizon) is given."""
     changes = recipe_changes(study, recipe)
     if changes and not force:
         raise InputError(
@@ -99,11 +107,12 @@ def make_plan(
     config = dataclasses.replace(
         recipe.train,
         schedule=dataclasses.replace(
-            sched, max_lr=float(trial.params["lr"]), warmup_steps=warmup, max_steps=steps, decay_steps=None
+            sched, max_lr=lr or float(trial.params["lr"]), warmup_steps=warmup, max_steps=steps, decay_steps=None
         ),
         seed=int(trial.user_attrs.get("seed", recipe.train.seed)),
     )
-    suffix = "" if max_steps is None else f"-{steps}steps"  # a shortened run must not resume a full one
+    # A shortened run or another LR must not resume the plain full run's checkpoints.
+    suffix = ("" if max_steps is None else f"-{steps}steps") + ("" if lr is None else f"-lr{lr:.3g}")
     run_dir = runs_root / study.study_name / f"promote-{trial.number}{suffix}"
     return PromotePlan(study=study, trial=trial, config=config, run_dir=run_dir)
 
