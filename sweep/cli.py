@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 
 from train_core.errors import InputError
+from train_core.trainer import open_data
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
@@ -221,7 +222,8 @@ def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | No
     warmup = Warmup.parse(args.warmup, key="--warmup") if args.warmup is not None else search.warmup
     too_long = [w for w in warmup.steps(steps) if w >= steps]
     if too_long:
-        raise InputError(f"--warmup {too_long[0]} must be below --steps {steps} (give fewer steps or fractions)")
+        source = "--warmup" if args.warmup is not None else f"search.warmup in {recipe.path}"
+        raise InputError(f"{source} has {too_long[0]} steps, which must be below --steps {steps} (give fewer steps or fractions)")
     make_sampler(args.sampler, seed=0, n_finished=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
     make_pruner(args.pruner, steps=steps, warmup_steps=0)
     check_url(args.storage)
@@ -279,6 +281,7 @@ def cmd_lr(args, console: Console) -> int:
 
     recipe = load_recipe(resolve_study(args.study))
     plan = _sweep_plan(args, recipe, steps=args.steps)  # checks the flags before the range test spends time
+    open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)  # missing or bad token files: exit 2 now
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.lr_range == "auto":
@@ -314,6 +317,7 @@ def cmd_horizon(args, console: Console) -> int:
     if args.study_name:
         raise InputError("horizon names its studies <study>-<steps>; --study-name is not taken here")
     plans = [_sweep_plan(args, recipe, steps=steps) for steps in sorted(set(args.steps))]
+    open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)
     if args.threads:
         torch.set_num_threads(args.threads)
     studies = {plan.steps: _run_sweep(args, console, plan).study for plan in plans}

@@ -15,6 +15,7 @@ from typing import Literal
 
 import optuna
 import optuna_dashboard
+from optuna.trial import FrozenTrial, TrialState
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from sweep.recipe import Recipe, Warmup
@@ -97,9 +98,14 @@ class Objective:
             warmup = trial.suggest_int("warmup", warmups[0], warmups[1])
         else:
             warmup = trial.suggest_categorical("warmup", list(warmups))
+        if (twin := _finished_twin(trial)) is not None:
+            return _reuse(trial, twin)
         config = plan.trial_config(lr=lr, warmup_steps=warmup)
         # A retry of a dead or interrupted trial trains in the first trial's folder: it resumes from its checkpoint.
+        # A fresh trial starts from an empty folder, whatever an older study of the same name left there.
         out_dir = plan.runs_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}"
+        if "resume_trial" not in trial.user_attrs:
+            shutil.rmtree(out_dir, ignore_errors=True)
         guard = StabilityGuard(initial_loss=math.log(config.model.vocab_size), warmup_steps=warmup)
         curve: list[dict] = []
         outcome: dict[str, str] = {}
@@ -170,6 +176,25 @@ class Objective:
             writer.writeheader()
             writer.writerows(curve)
         upload_artifact(artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial)
+
+
+def _finished_twin(trial: optuna.Trial) -> FrozenTrial | None:
+    """A finished trial of the study with exactly these params. Trials share seed and data, so it is this trial's
+    result already (a grid revisiting the anchor's point, a sampler repeating a categorical pair)."""
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if other.params == trial.params and "duplicate_of" not in other.user_attrs:
+            return other
+    return None
+
+
+def _reuse(trial: optuna.Trial, twin: FrozenTrial) -> float:
+    trial.set_user_attr("duplicate_of", twin.number)
+    for key, value in twin.user_attrs.items():
+        if key not in ("anchor", "retry_of", "resume_trial", "resumed_at_step", "duplicate_of"):
+            trial.set_user_attr(key, value)
+    if twin.state == TrialState.PRUNED:
+        raise optuna.TrialPruned(twin.user_attrs.get("prune_reason", f"as trial {twin.number}"))
+    return twin.value
 
 
 def _curve_row(metrics: StepMetrics, smoothed: float) -> dict:

@@ -6,6 +6,7 @@
     redis://host:6379/0                Optuna's journal on Redis
 """
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -72,12 +73,20 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
             return JournalStorage(JournalRedisBackend(url))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        return RDBStorage(url, engine_kwargs=_engine_kwargs(kind))
+        return RDBStorage(_with_driver(url, kind), engine_kwargs=_engine_kwargs(kind))
     except InputError:
         raise
     except Exception as error:  # driver errors vary by backend; all mean "cannot use this storage"
         reason = mask(str(error).strip().splitlines()[0]) if str(error).strip() else error.__class__.__name__
         raise InputError(f"cannot open storage {mask(url)}: {reason}") from None
+
+
+def _with_driver(url: str, kind: str) -> str:
+    """url naming the PostgreSQL driver that is installed: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3,
+    while the docs (and the dev extra) install psycopg2, which then failed with "Failed to import DB access module"."""
+    if kind != "postgresql" or importlib.util.find_spec("psycopg") or not importlib.util.find_spec("psycopg2"):
+        return url
+    return "postgresql+psycopg2" + url[len(kind):]
 
 
 def _engine_kwargs(kind: str) -> dict:
