@@ -122,10 +122,11 @@ def run_promote(
 ) -> int:
     is_main = int(os.environ.get("RANK", 0)) == 0
     checkpoints = CheckpointManager(plan.run_dir, keep_last=plan.config.checkpoint.keep_last)
-    if (summary := checkpoints.done_summary()) is not None:
+    if (done := checkpoints.done_summary()) is not None:
         if is_main:
+            result = done["result"]
             console.print(
-                f"{plan.run_dir} already finished: {summary['steps_done']} steps, val loss {summary['final_val_loss']:.4f}",
+                f"{plan.run_dir} already finished: {result['steps_done']} steps, val loss {result['final_val_loss']:.4f}",
                 highlight=False,
             )
         return 0

@@ -148,8 +148,9 @@ def train(
     grad_accum = config.grad_accum_steps(world_size=world_size)
     checkpoints = CheckpointManager(out_dir, keep_last=config.checkpoint.keep_last) if out_dir else None
 
-    if checkpoints and (summary := checkpoints.done_summary()) is not None:
-        return TrainResult(**summary)  # finished earlier: nothing to do
+    if checkpoints and (done := checkpoints.done_summary()) is not None:
+        _check_resumable(done["config"], config, out_dir)
+        return TrainResult(**done["result"])  # finished earlier: nothing to do
 
     with _rank_zero_first(world_size, is_main):
         train_data, val_data = open_data(config.data, vocab_size=config.model.vocab_size, progress=is_main)
@@ -222,8 +223,11 @@ def train(
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
         for micro_step in range(grad_accum):
+            # Draw by the step's global micro-batch index, so that the step's batch is the same sequences whatever
+            # the number of processes (and a torchrun run follows the single-process run's loss curve).
             x, y = train_data.get_batch(
-                seed=config.seed, step=step, micro_step=micro_step, rank=rank, batch_size=B, block_size=T
+                seed=config.seed, step=step, micro_step=rank * grad_accum + micro_step, rank=0, batch_size=B,
+                block_size=T,
             )
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             # Under DDP, average gradients across processes only on the last micro-step.
@@ -298,7 +302,7 @@ def train(
         losses=losses,
     )
     if checkpoints and is_main and status == "completed":
-        checkpoints.mark_done(asdict(result) | {"losses": []})
+        checkpoints.mark_done({"result": asdict(result) | {"losses": []}, "config": config.to_dict()})
     return result
 
 

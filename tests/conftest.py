@@ -1,0 +1,59 @@
+"""Shared fixtures: small token files in tmp_path and a factory for tiny TrainConfigs that train in milliseconds."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from train_core.config import TrainConfig
+from train_core.data import write_nanogpt_bin
+
+VOCAB = 256
+BLOCK = 16
+
+
+def _tiny_recipe(train: str, val: str) -> dict:
+    """A 2-layer, 32-wide GPT on a 256-token vocab: 4 sequences of 16 tokens per micro-step, 10 steps."""
+    return {
+        "model": {"block_size": BLOCK, "vocab_size": VOCAB, "n_layer": 2, "n_head": 2, "n_embd": 32},
+        "data": {"train": train, "val": val},
+        "batch": {"total_batch_size": 4 * BLOCK, "micro_batch_size": 4},
+        "schedule": {"max_lr": 1e-2, "warmup_steps": 2, "max_steps": 10},
+        "eval": {"interval": 4, "iters": 2},
+        "checkpoint": {"interval": 4, "keep_last": 2},
+        "seed": 0,
+        "dtype": "float32",  # explicit: emulated bf16 would be ~400x slower on a CPU without native bf16
+        "device": "cpu",
+        "peak_flops": 1e11,  # skip measuring the machine's peak in every run
+    }
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    """base with overrides applied; a dict override updates that section key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture
+def token_files(tmp_path):
+    """(train, val) paths of uniform random nanoGPT token files over a 256-token vocab."""
+    rng = np.random.default_rng(0)
+    train, val = tmp_path / "train.bin", tmp_path / "val.bin"
+    write_nanogpt_bin(train, rng.integers(VOCAB, size=20_000))
+    write_nanogpt_bin(val, rng.integers(VOCAB, size=4_000))
+    return str(train), str(val)
+
+
+@pytest.fixture
+def make_config(token_files):
+    """make_config(**sections) -> a tiny TrainConfig; e.g. make_config(schedule={"max_steps": 3}, seed=1)."""
+
+    def factory(**overrides) -> TrainConfig:
+        return TrainConfig.from_dict(_merge(_tiny_recipe(*token_files), overrides))
+
+    return factory

@@ -1,0 +1,74 @@
+"""TrainConfig.from_dict: unknown keys, wrong types and inconsistent values are refused by name; good configs
+round-trip through to_dict."""
+
+import pytest
+
+from train_core.config import TrainConfig
+from train_core.errors import InputError
+
+
+def test_good_config_round_trips(make_config):
+    config = make_config()
+    again = TrainConfig.from_dict(config.to_dict())
+    assert again == config
+    assert again.to_dict() == config.to_dict()
+
+
+def test_ints_widen_to_floats(make_config):
+    config = make_config(schedule={"max_lr": 1})
+    assert config.schedule.max_lr == 1.0 and isinstance(config.schedule.max_lr, float)
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"model": {"n_layers": 4}}, "model.n_layers"),
+        ({"schedule": {"lr": 1e-3}}, "schedule.lr"),
+        ({"learning_rate": 1e-3}, "learning_rate"),
+    ],
+)
+def test_unknown_keys_are_named(make_config, overrides, named):
+    with pytest.raises(InputError, match=f"unknown key {named}"):
+        make_config(**overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"schedule": {"max_lr": "fast"}}, "schedule.max_lr must be a number, got 'fast'"),
+        ({"model": {"n_layer": 2.5}}, "model.n_layer must be an integer, got 2.5"),
+        ({"model": {"n_layer": True}}, "model.n_layer must be an integer, got True"),
+        ({"dtype": "float16"}, "dtype must be one of"),
+        ({"schedule": "cosine"}, "schedule must be a mapping"),
+    ],
+)
+def test_wrong_types_are_named(make_config, overrides, message):
+    with pytest.raises(InputError, match=message):
+        make_config(**overrides)
+
+
+@pytest.mark.parametrize("max_lr", [0, -1e-3])
+def test_non_positive_lr_is_refused(make_config, max_lr):
+    with pytest.raises(InputError, match=r"schedule.max_lr must be > 0"):
+        make_config(schedule={"max_lr": max_lr})
+
+
+def test_warmup_longer_than_the_run_is_refused(make_config):
+    with pytest.raises(InputError, match=r"schedule.warmup_steps must be in \[0, max_steps=10\], got 11"):
+        make_config(schedule={"warmup_steps": 11, "max_steps": 10})
+
+
+def test_batch_that_does_not_split_into_micro_steps_shows_the_numbers(make_config):
+    # micro 4 x block 16 = 64 tokens per micro-step; 100 is not a multiple of it.
+    with pytest.raises(InputError, match=r"4 x 16 x 1 = 64, got 100"):
+        make_config(batch={"total_batch_size": 100, "micro_batch_size": 4})
+
+
+def test_data_with_both_corpus_and_files_is_refused(make_config):
+    with pytest.raises(InputError, match="not both"):
+        make_config(data={"corpus": "python-stdlib"})
+
+
+def test_keep_last_below_two_is_refused(make_config):
+    with pytest.raises(InputError, match="checkpoint.keep_last must be >= 2"):
+        make_config(checkpoint={"keep_last": 1})

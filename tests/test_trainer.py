@@ -1,0 +1,227 @@
+"""train(): gradient accumulation, learning, the callback seam, non-finite steps, and exact resume from checkpoints."""
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from train_core.checkpoint import CheckpointManager
+from train_core.data import TokenData, write_nanogpt_bin
+from train_core.errors import InputError
+from train_core.model import GPT
+from train_core.schedule import get_lr
+from train_core.tokenizer import gpt2_encoding
+from train_core.trainer import make_optimizer, train
+
+CPU = torch.device("cpu")
+
+
+def _lr(config, step):
+    s = config.schedule
+    return get_lr(step, max_lr=s.max_lr, warmup_steps=s.warmup_steps, decay_steps=s.decay_horizon,
+                  min_lr_ratio=s.min_lr_ratio, shape=s.shape)
+
+
+# --- one optimizer step -----------------------------------------------------------------------------------------
+
+
+def test_grad_accumulation_equals_one_big_batch(make_config, tmp_path):
+    """4 micro-steps of 2 sequences give the loss, grad norm and weights of one step over the same 8 sequences."""
+    config = make_config(
+        batch={"total_batch_size": 8 * 16, "micro_batch_size": 2},
+        schedule={"max_steps": 1, "warmup_steps": 0},
+        optimizer={"grad_clip": 0.0},
+    )
+    seen = []
+    train(config, out_dir=tmp_path / "run", callback=seen.append)
+    trained = CheckpointManager(tmp_path / "run").load_latest()["model"]
+
+    # The reference: the very sequences the trainer drew for its 4 micro-steps, in one forward/backward of 8.
+    data = TokenData.open(config.data.train, vocab_size=config.model.vocab_size)
+    micro = [data.get_batch(seed=config.seed, step=0, micro_step=i, rank=0, batch_size=2, block_size=16)
+             for i in range(4)]
+    assert not torch.equal(micro[0][0], micro[1][0])  # distinct sequences, or the comparison proves little
+    x, y = torch.cat([b[0] for b in micro]), torch.cat([b[1] for b in micro])  # (8, T)
+    torch.manual_seed(config.seed)
+    model = GPT(config.model)
+    optimizer = make_optimizer(model, config, CPU)
+    lr = _lr(config, 0)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = model(x, y)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf).item()
+    optimizer.step()
+
+    # Adam's first step hardly depends on the gradient's scale, so the loss and grad norm check the 1/accum scaling.
+    assert seen[0].loss == pytest.approx(loss.item(), rel=1e-5)
+    assert seen[0].grad_norm == pytest.approx(grad_norm, rel=1e-4)
+    # Adam moves each weight by about lr * sign(grad): a different batch would flip many of those signs. Rounding
+    # can only move a weight whose gradient is near 0 (near Adam's eps), and then by a small part of lr.
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=0.01 * lr, msg=lambda m: f"{name}: {m}")
+
+
+def test_overfitting_one_batch_drives_the_loss_down(make_config):
+    config = make_config()
+    torch.manual_seed(0)
+    model = GPT(config.model)
+    optimizer = make_optimizer(model, config, CPU)
+    x, y = torch.randint(256, (4, 16)), torch.randint(256, (4, 16))
+    losses = []
+    for _ in range(50):
+        loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(math.log(256), abs=0.1)
+    assert losses[-1] < 0.3 * losses[0]  # 64 random targets memorised
+
+
+# --- whole runs -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def text_files(tmp_path):
+    """(train, val, vocab) from ~25 KB of real Python source, GPT-2-tokenized, ids renumbered densely so that a
+    tiny output layer covers them."""
+    text = Path(argparse.__file__).read_text(encoding="utf-8")[:25_000]
+    tokens = np.array(gpt2_encoding().encode_ordinary(text))
+    vocab, dense = np.unique(tokens, return_inverse=True)
+    cut = int(0.9 * len(dense))
+    write_nanogpt_bin(tmp_path / "text_train.bin", dense[:cut])
+    write_nanogpt_bin(tmp_path / "text_val.bin", dense[cut:])
+    return str(tmp_path / "text_train.bin"), str(tmp_path / "text_val.bin"), len(vocab)
+
+
+def test_loss_falls_on_real_text(make_config, text_files):
+    train_path, val_path, vocab = text_files
+    config = make_config(
+        model={"vocab_size": vocab, "block_size": 32},
+        data={"train": train_path, "val": val_path},
+        batch={"total_batch_size": 8 * 32, "micro_batch_size": 8},
+        schedule={"max_lr": 1e-2, "warmup_steps": 5, "max_steps": 40},
+        eval={"interval": 20, "iters": 4},
+    )
+    seen = []
+    result = train(config, callback=seen.append)
+    assert result.status == "completed" and len(result.losses) == 40
+    assert result.losses[0] == pytest.approx(math.log(vocab), abs=0.3)  # starts near uniform
+    assert np.mean(result.losses[-5:]) < result.losses[0] - 2.0
+    # Held-out text gets better too, and keeps getting better between the two evaluations.
+    assert result.final_val_loss < seen[19].val_loss < math.log(vocab) - 1.0
+
+
+def test_callback_sees_every_step_with_scheduled_lr_and_evals(make_config):
+    config = make_config(schedule={"max_steps": 10}, eval={"interval": 4})
+    seen = []
+    result = train(config, callback=seen.append)
+    assert [m.step for m in seen] == list(range(10))
+    assert [m.lr for m in seen] == [_lr(config, s) for s in range(10)]
+    assert [m.loss for m in seen] == result.losses
+    assert [m.tokens_seen for m in seen] == [64 * (s + 1) for s in range(10)]
+    # Evaluations after steps 4 and 8 (step indices 3, 7) and at the end.
+    assert [m.step for m in seen if m.val_loss is not None] == [3, 7, 9]
+    assert result.final_val_loss == seen[-1].val_loss
+    assert result.best_val_loss == min(m.val_loss for m in seen if m.val_loss is not None)
+
+
+def test_callback_returning_true_stops_the_run(make_config):
+    seen = []
+    result = train(make_config(), callback=lambda m: seen.append(m.step) or m.step == 2)
+    assert result.status == "stopped"
+    assert seen == [0, 1, 2] and result.steps_done == 3
+
+
+def test_non_finite_step_is_reported_and_not_applied(make_config, tmp_path):
+    # An absurd LR without clipping: the first update blows the weights up, the next forward is not finite.
+    config = make_config(schedule={"max_lr": 1e20, "warmup_steps": 0}, optimizer={"grad_clip": 0.0},
+                         checkpoint={"interval": 1})
+    seen, optimizer_steps = [], []
+    hook = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: optimizer_steps.append(1))
+    try:
+        result = train(config, out_dir=tmp_path / "run", callback=seen.append)
+    finally:
+        hook.remove()
+    assert result.status == "nonfinite"
+    assert not math.isfinite(seen[-1].loss) and seen[-1].val_loss is None
+    assert all(math.isfinite(m.loss) for m in seen[:-1])
+    assert len(optimizer_steps) == len(seen) - 1  # every step but the non-finite one
+    # Nothing from the broken step was saved, and no DONE marker.
+    manager = CheckpointManager(tmp_path / "run")
+    assert manager.load_latest()["step"] == len(seen) - 1
+    assert manager.done_summary() is None
+
+
+# --- resume -----------------------------------------------------------------------------------------------------
+
+
+def _stop_after(step):
+    # A stop does not save a checkpoint of its own (a pruned trial's folder is thrown away): tests stop right
+    # after an interval checkpoint so that resuming starts where the stopped run ended.
+    return lambda m: m.step == step
+
+
+def test_resume_is_bitwise_exact(make_config, tmp_path):
+    config = make_config(schedule={"max_steps": 10}, checkpoint={"interval": 4})
+    uninterrupted = train(config)
+
+    first = train(config, out_dir=tmp_path / "run", callback=_stop_after(3))  # stops on the step-4 checkpoint
+    assert first.status == "stopped" and first.losses == uninterrupted.losses[:4]
+    steps = []
+    resumed = train(config, out_dir=tmp_path / "run", callback=lambda m: steps.append(m.step))
+    assert steps == list(range(4, 10))
+    assert resumed.status == "completed"
+    assert resumed.losses == uninterrupted.losses[4:]  # bitwise, not approximately
+    assert resumed.final_val_loss == uninterrupted.final_val_loss
+    assert resumed.best_val_loss == uninterrupted.best_val_loss
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(make_config, tmp_path, damage):
+    config = make_config(schedule={"max_steps": 10}, checkpoint={"interval": 2})
+    uninterrupted = train(config)
+    train(config, out_dir=tmp_path / "run", callback=_stop_after(3))  # saves step-2 and step-4
+    latest = tmp_path / "run" / "step-00000004.pt"
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a checkpoint" * 100)
+
+    steps = []
+    with pytest.warns(UserWarning, match="step-00000004.pt"):
+        resumed = train(config, out_dir=tmp_path / "run", callback=lambda m: steps.append(m.step))
+    assert steps[0] == 2  # resumed from step-2
+    assert resumed.status == "completed"
+    assert resumed.losses == uninterrupted.losses[2:]
+
+
+def test_finished_run_returns_its_summary_without_training(make_config, tmp_path):
+    config = make_config(schedule={"max_steps": 4})
+    first = train(config, out_dir=tmp_path / "run")
+    for path in CheckpointManager(tmp_path / "run").step_files():
+        path.unlink()  # with only DONE left, any training would have to start over and call the callback
+
+    def must_not_train(metrics):
+        raise AssertionError("trained again")
+
+    again = train(config, out_dir=tmp_path / "run", callback=must_not_train)
+    assert again.status == "completed" and again.steps_done == 4
+    assert again.final_val_loss == first.final_val_loss and again.best_val_loss == first.best_val_loss
+    assert again.losses == []  # per-step losses belong to the call that ran them
+
+
+def test_resuming_with_a_different_schedule_is_refused(make_config, tmp_path):
+    train(make_config(), out_dir=tmp_path / "run", callback=_stop_after(3))
+    with pytest.raises(InputError, match="different schedule"):
+        train(make_config(schedule={"max_lr": 2e-2}), out_dir=tmp_path / "run")
+
+
+def test_finished_run_with_another_config_is_refused(make_config, tmp_path):
+    """A DONE folder answers only for the config that finished there, not for any config pointed at it."""
+    train(make_config(schedule={"max_steps": 4}), out_dir=tmp_path / "run")
+    with pytest.raises(InputError, match="different schedule"):
+        train(make_config(schedule={"max_steps": 4, "max_lr": 2e-2}), out_dir=tmp_path / "run")
