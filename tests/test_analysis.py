@@ -1,0 +1,86 @@
+"""The decision code behind `sweep horizon`, `sweep confirm` and `sweep range`, on synthetic curves whose answers
+are known."""
+
+import math
+
+import numpy as np
+import pytest
+
+from sweep.analysis import analyse_range_test, best_lr, compare_paired, fit_power_law
+
+
+def bowl(lr: float, *, best: float, depth: float = 3.0, width: float = 0.4) -> float:
+    """A loss-vs-LR curve that is a parabola in log(lr) with its bottom at `best`."""
+    return depth + width * math.log(lr / best) ** 2
+
+
+@pytest.mark.parametrize("best", [1.3e-3, 3e-3, 7e-3])
+def test_best_lr_finds_the_bottom_between_grid_points(best):
+    grid = np.geomspace(2.5e-4, 1.6e-2, 7)
+    assert best_lr([(lr, bowl(lr, best=best)) for lr in grid]) == pytest.approx(best, rel=1e-6)
+
+
+def test_best_lr_at_the_edge_of_the_range_is_the_edge():
+    grid = np.geomspace(1e-4, 1e-3, 5)  # the bottom (1e-2) lies beyond the searched range
+    assert best_lr([(lr, bowl(lr, best=1e-2)) for lr in grid]) == pytest.approx(1e-3)
+
+
+def test_best_lr_ignores_diverged_points():
+    points = [(1e-3, 4.0), (2e-3, 3.5), (4e-3, 3.4), (8e-3, 3.6), (1.6e-2, math.nan)]
+    assert 2e-3 < best_lr(points) < 8e-3
+
+
+def test_power_law_recovers_exponent_and_extrapolates():
+    tokens = [1e5, 3e5, 1e6]
+    lrs = [0.02 * t**-0.3 for t in tokens]
+    law = fit_power_law(tokens, lrs)
+    assert law.exponent == pytest.approx(-0.3)
+    assert law.predict(1e7) == pytest.approx(0.02 * 1e7**-0.3)
+    assert law.uncertainty_factor(1e7) == pytest.approx(1.0)  # points exactly on the line
+
+
+def test_power_law_uncertainty_grows_with_scatter_and_distance():
+    rng = np.random.default_rng(0)
+    tokens = [1e5, 2e5, 4e5, 8e5]
+    lrs = [0.02 * t**-0.3 * math.exp(rng.normal(0, 0.1)) for t in tokens]
+    law = fit_power_law(tokens, lrs)
+    near, far = law.uncertainty_factor(4e5), law.uncertainty_factor(1e8)
+    assert 1.0 < near < far
+
+
+def test_power_law_needs_two_horizons():
+    with pytest.raises(ValueError, match="two or more"):
+        fit_power_law([1e5, 1e5], [1e-3, 2e-3])
+
+
+def test_paired_comparison_sees_a_small_consistent_gap_through_large_seed_noise():
+    seed_noise = [0.3, -0.2, 0.1, -0.4, 0.25]  # shared by both settings: same seeds, same data order and init
+    a = [4.0 + n for n in seed_noise]
+    b = [4.02 + n + e for n, e in zip(seed_noise, [0.001, -0.001, 0.002, 0.0, -0.002])]
+    c = compare_paired(a, b)
+    assert c.distinguishable and c.mean_difference == pytest.approx(0.02, abs=1e-3)
+
+
+def test_paired_comparison_within_noise_is_not_distinguishable():
+    a = [4.00, 4.05, 3.98]
+    b = [4.03, 4.01, 4.00]  # differences +0.03, -0.04, +0.02
+    assert not compare_paired(a, b).distinguishable
+
+
+def test_range_test_finds_steepest_descent_and_divergence():
+    lrs = list(np.geomspace(1e-6, 1.0, 120))
+    # Flat at tiny LRs, falling fastest around 1e-3, then blowing up from 1e-1 on.
+    losses = [10.0 - 5.0 / (1 + math.exp(-3 * math.log(lr / 1e-3))) + (1e4 * (lr - 0.1) ** 2 if lr > 0.1 else 0.0)
+              for lr in lrs]
+    result = analyse_range_test(lrs, losses, smoothing=0.0)
+    assert result.steepest_lr == pytest.approx(1e-3, rel=0.15)
+    assert 0.1 < result.diverged_lr < 0.3
+    low, high = result.bounds()
+    assert low < result.steepest_lr < high <= result.diverged_lr
+
+
+def test_range_test_stops_reading_at_the_first_nan():
+    lrs = list(np.geomspace(1e-5, 1e-1, 40))
+    losses = [10.0 - i * 0.1 for i in range(30)] + [math.nan] * 10
+    result = analyse_range_test(lrs, losses)
+    assert result.diverged_lr == pytest.approx(lrs[30])

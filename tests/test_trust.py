@@ -1,0 +1,71 @@
+"""`sweep range`, `sweep confirm`, `sweep horizon` and `promote --lr-from horizon`, end to end on the tiny study."""
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from sweep.cli import main
+from sweep_fixtures import load, run_lr, study_values, write_study, write_token_files
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return write_study(tmp_path / "tiny.yaml", study_values(write_token_files(tmp_path / "tokens")))
+
+
+def test_range_test_reports_bounds_and_records_its_run(study, capsys):
+    code = main(["range", "--study", str(study), "--steps", "60", "--lr-start", "1e-5", "--lr-end", "10",
+                 "--storage", "range.log"])
+    out = capsys.readouterr().out
+    assert code == 0 and "suggested sweep bounds --lr-min" in out
+    trial = load("range.log", "tiny-range").trials[0]
+    low, high = trial.user_attrs["suggested_bounds"]
+    assert 1e-5 < low < trial.user_attrs["steepest_lr"] < high < 10
+    # An LR of 10 on this model diverges well inside the ramp, and the run stops there.
+    assert trial.user_attrs["diverged_lr"] is not None and len(trial.intermediate_values) < 60
+
+
+def test_confirm_reruns_top_settings_and_the_anchor_with_more_seeds(study, capsys):
+    assert run_lr(study, "s.log", "--sampler", "random", "--pruner", "none", "--trials", "3") == 0
+    code = main(["confirm", "--study", str(study), "--steps", "20", "--storage", "s.log", "--top", "2", "--seeds", "3"])
+    out = capsys.readouterr().out
+    assert code == 0 and "paired seeds" in out
+    confirm = load("s.log", "tiny-20-confirm")
+    runs = confirm.get_trials(states=(TrialState.COMPLETE,))
+    settings = {(t.params["lr"], t.params["warmup"]) for t in runs}
+    assert len(settings) in (2, 3)  # the top 2, plus the anchor when it is not among them
+    assert len(runs) == 2 * len(settings)  # seeds 8 and 9; seed 7 is each setting's sweep trial
+    assert {t.params["seed"] for t in runs} == {8, 9}
+    # Running it again reuses every finished run.
+    assert main(["confirm", "--study", str(study), "--steps", "20", "--storage", "s.log", "--top", "2", "--seeds", "3"]) == 0
+    assert len(load("s.log", "tiny-20-confirm").trials) == len(runs)
+
+
+def test_horizon_fits_the_best_lr_across_horizons_and_promote_uses_it(study, capsys):
+    code = main(["horizon", "--study", str(study), "--steps", "10,20", "--storage", "h.log", "--sampler", "grid",
+                 "--grid-points", "3", "--warmup", "0", "--pruner", "none", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "extrapolated to max_steps 100" in out
+    fit = load("h.log", "tiny-horizon").user_attrs
+    assert [steps for steps, _ in fit["points"]] == [10, 20]
+    lo, hi = 3e-3, 3e-2
+    assert all(lo <= lr <= hi for _, lr in fit["points"])
+    assert fit["extrapolated_lr"] > 0 and fit["target_steps"] == 100
+    code = main(["promote", "best", "--study", str(study), "--steps", "20", "--storage", "h.log",
+                 "--lr-from", "horizon", "--dry-run"])
+    assert code == 0 and f"peak lr {fit['extrapolated_lr']:.3g}" in capsys.readouterr().out
+
+
+def test_promote_lr_from_horizon_without_a_fit_exits_2(study, capsys):
+    assert run_lr(study, "p.log", "--sampler", "random", "--pruner", "none", "--trials", "2") == 0
+    code = main(["promote", "best", "--study", str(study), "--steps", "20", "--storage", "p.log", "--lr-from", "horizon"])
+    assert code == 2 and "sweep horizon" in capsys.readouterr().err
