@@ -2,7 +2,6 @@
 
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from sweep.objective import Objective, TrialPlan
 from sweep.recipe import Warmup
 from sweep.storage import artifact_dir, mask, open_storage, sqlite_path
 from sweep.view import SweepView
-from sweep.workers import FINISHED, Budget, Liveness, reap_dead_trials, run_worker_processes
+from sweep.workers import FINISHED, Budget, Interrupts, Liveness, reap_dead_trials, run_worker_processes, was_reaped
 from train_core.errors import InputError
 
 MAX_CONSECUTIVE_FAILURES = 3  # failures do not count towards --trials; stop a sweep whose every trial crashes
@@ -154,27 +153,35 @@ def run_trials(
     artifact_store: FileSystemArtifactStore,
 ) -> bool:
     """This process's worker loop; True when it stopped because trials kept failing."""
-    objective = Objective(plan, view=view, artifact_store=artifact_store, liveness=liveness)
+    interrupts = Interrupts()  # Ctrl-C / SIGTERM end the loop between steps, never inside a storage call
+    objective = Objective(plan, view=view, artifact_store=artifact_store, liveness=liveness, interrupts=interrupts)
     failures = _FailureStreak()
     deadline = None if timeout is None else time.monotonic() + timeout
-    idle = threading.Event()  # never set: waits on it are timed polls of the shared storage
-    while not failures.stopped and (deadline is None or time.monotonic() < deadline):
-        reap_dead_trials(study, grace=liveness.grace)
-        budget = Budget.of(study, total=trials)
-        if budget.done:
-            break
-        # GridSampler stops a study whose grid is exhausted, but that stop only ends the current optimize() call.
-        if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
-            break
-        if not budget.may_start:
-            idle.wait(liveness.interval)  # other workers' trials fill the budget; wait for them to end or die
-            continue
-        study.optimize(
-            objective,
-            n_trials=1,
-            catch=(Exception,),
-            callbacks=[lambda s, t: view.trial_finished(s, t), failures],
-        )
+    with interrupts:
+        while not failures.stopped and (deadline is None or time.monotonic() < deadline):
+            interrupts.check()
+            reap_dead_trials(study, grace=liveness.grace)
+            budget = Budget.of(study, total=trials)
+            if budget.done:
+                break
+            # GridSampler stops a study whose grid is exhausted, but that stop only ends the current optimize() call.
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+                break
+            if not budget.may_start:
+                interrupts.wait(liveness.interval)  # other workers' trials fill the budget; wait for them to end or die
+                continue
+            try:
+                study.optimize(
+                    objective,
+                    n_trials=1,
+                    catch=(Exception,),
+                    callbacks=[lambda s, t: view.trial_finished(s, t), failures],
+                )
+            except ValueError:
+                # "Cannot tell a FAIL trial": another worker declared this one's trial dead (its heartbeat came later
+                # than --grace: a stalled storage, a paused machine) and queued a retry, which continues the work.
+                if objective.trial_id is None or not was_reaped(study._storage, objective.trial_id):
+                    raise
     return failures.stopped
 
 
@@ -226,6 +233,10 @@ def save_lr_plot(study: optuna.Study, *, storage_url: str, artifact_store: FileS
     trials = study.get_trials(deepcopy=False, states=FINISHED)
     if not trials:
         return None
+    folder = sqlite_path(storage_url).parent if sqlite_path(storage_url) else artifact_dir(storage_url).parent
+    path = _mkdir(folder) / f"{study.study_name}-lr.png"
+    if study.user_attrs.get("plotted_trials") == len(trials) and path.exists():
+        return path  # nothing new since the last plot: no second copy in the dashboard
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,11 +260,10 @@ def save_lr_plot(study: optuna.Study, *, storage_url: str, artifact_store: FileS
     ax.set_title(study.study_name)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    folder = sqlite_path(storage_url).parent if sqlite_path(storage_url) else artifact_dir(storage_url).parent
-    path = _mkdir(folder) / f"{study.study_name}-lr.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     upload_artifact(artifact_store=artifact_store, file_path=str(path), study_or_trial=study)
+    study.set_user_attr("plotted_trials", len(trials))
     return path
 
 

@@ -21,7 +21,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from sweep.recipe import Recipe, Warmup
 from sweep.stability import StabilityGuard
 from sweep.view import SweepView
-from sweep.workers import Heartbeat, Liveness, enqueue_retry, resume_root
+from sweep.workers import Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root
 from train_core.config import TrainConfig
 from train_core.trainer import StepMetrics, train
 
@@ -83,14 +83,23 @@ class Objective:
     """
 
     def __init__(
-        self, plan: TrialPlan, *, view: SweepView, artifact_store: FileSystemArtifactStore, liveness: Liveness
+        self,
+        plan: TrialPlan,
+        *,
+        view: SweepView,
+        artifact_store: FileSystemArtifactStore,
+        liveness: Liveness,
+        interrupts: Interrupts | None = None,
     ):
         self.plan = plan
         self.view = view
         self.artifact_store = artifact_store
         self.liveness = liveness
+        self.interrupts = interrupts or Interrupts()  # never entered: no signal is ever requested
+        self.trial_id: int | None = None  # of the trial this objective ran last
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.trial_id = trial._trial_id
         plan = self.plan
         lr = trial.suggest_float("lr", plan.lr_min, plan.lr_max, log=True)
         warmups = plan.warmup.steps(plan.steps)
@@ -111,14 +120,15 @@ class Objective:
         outcome: dict[str, str] = {}
 
         def on_step(metrics: StepMetrics) -> bool:
+            self.interrupts.check()  # a Ctrl-C or SIGTERM stops the trial here, between steps
             if not curve and metrics.step > 0:
                 trial.set_user_attr("resumed_at_step", metrics.step)
             reason = guard.check(metrics)
             curve.append(_curve_row(metrics, guard.smoothed_loss))
             self.view.trial_step(trial.number, metrics, guard.smoothed_loss)
-            if reason is None and metrics.val_loss is None:
+            if reason is None:
                 trial.report(guard.smoothed_loss, metrics.step)
-                if trial.should_prune():
+                if metrics.val_loss is None and trial.should_prune():  # the last step decides nothing more
                     reason = f"{plan.pruner_name}: loss {guard.smoothed_loss:.3f} behind the other trials at step {metrics.step}"
             if reason is not None:
                 outcome["prune_reason"] = reason

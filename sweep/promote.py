@@ -19,6 +19,7 @@ import optuna
 import optuna_dashboard
 import yaml
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
@@ -27,7 +28,7 @@ from sweep.recipe import Recipe, _Loader
 from train_core.checkpoint import CheckpointManager
 from train_core.config import TrainConfig
 from train_core.errors import InputError
-from train_core.trainer import StepMetrics, train
+from train_core.trainer import StepMetrics, check_resumable, train
 
 METRIC_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu", "val_loss")
 
@@ -123,6 +124,8 @@ def run_promote(
     is_main = int(os.environ.get("RANK", 0)) == 0
     checkpoints = CheckpointManager(plan.run_dir, keep_last=plan.config.checkpoint.keep_last)
     if (done := checkpoints.done_summary()) is not None:
+        # A run finished with another recipe (--force after an edit) is not this run: never report it as done.
+        check_resumable(done["config"], plan.config, plan.run_dir)
         if is_main:
             result = done["result"]
             console.print(
@@ -230,8 +233,13 @@ def _record_promoted_trial(
         direction="minimize",
         load_if_exists=True,
     )
-    promoted.enqueue_trial(plan.trial.params)
-    trial = promoted.ask(fixed_distributions=plan.trial.distributions)
+    lr = plan.config.schedule.max_lr  # the trial's, or the one extrapolated by `sweep horizon`
+    source = plan.trial.distributions["lr"]
+    distributions = plan.trial.distributions | {
+        "lr": FloatDistribution(min(lr, source.low), max(lr, source.high), log=source.log)
+    }
+    promoted.enqueue_trial(plan.trial.params | {"lr": lr})
+    trial = promoted.ask(fixed_distributions=distributions)
     for step, value in log.val_curve():
         trial.report(value, step)
     for key, value in status.items():

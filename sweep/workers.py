@@ -13,6 +13,7 @@ Clocks of machines sharing a study must agree to well within `grace` (NTP does).
 """
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 HEARTBEAT_ATTR = "sweep:heartbeat"
+DIED = "worker died"  # how a reaped trial's fail_reason starts
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -62,9 +64,49 @@ class Heartbeat:
                 self._beat()
             except UpdateFinishedTrialError:
                 return  # the trial ended (or another worker declared it dead): nothing left to keep alive
+            except Exception:  # a storage hiccup (a dropped connection): beat again next time; only `grace` kills
+                continue
 
     def _beat(self) -> None:
         self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+
+
+class Interrupts:
+    """Context manager: Ctrl-C and SIGTERM become a request that the worker acts on at safe points (between training
+    steps, while it waits) instead of a KeyboardInterrupt raised wherever the main thread happens to be. Raised
+    inside a storage call, that one can leave the journal file's lock behind (this worker and every other then stall
+    until Optuna force-releases it 30 s later) or a write half done. A second signal raises at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self._previous: dict = {}
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested.is_set():
+            raise KeyboardInterrupt
+        self.requested.set()
+
+    def check(self) -> None:
+        """KeyboardInterrupt here if a signal came."""
+        if self.requested.is_set():
+            raise KeyboardInterrupt
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`; a signal ends the sleep with KeyboardInterrupt."""
+        if self.requested.wait(seconds):
+            raise KeyboardInterrupt
 
 
 def last_beat(trial: FrozenTrial) -> float:
@@ -82,13 +124,21 @@ def reap_dead_trials(study: optuna.Study, *, grace: float) -> list[int]:
         if silent < grace:
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker died: no heartbeat for {silent:.0f}s")
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{DIED}: no heartbeat for {silent:.0f}s")
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue  # finished meanwhile, or another worker reaped it first
-        enqueue_retry(study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs)
+        # A retry that died before its objective suggested anything holds its params only as the enqueued ones.
+        params = trial.system_attrs.get("fixed_params", {}) | trial.params
+        enqueue_retry(study, number=trial.number, params=params, user_attrs=trial.user_attrs)
         reaped.append(trial.number)
     return reaped
+
+
+def was_reaped(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
+    """Whether another worker declared this trial dead (see reap_dead_trials)."""
+    trial = storage.get_trial(trial_id)
+    return trial.state == TrialState.FAIL and str(trial.user_attrs.get("fail_reason", "")).startswith(DIED)
 
 
 def enqueue_retry(study: optuna.Study, *, number: int, params: dict, user_attrs: dict) -> None:

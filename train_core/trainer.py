@@ -149,7 +149,7 @@ def train(
     checkpoints = CheckpointManager(out_dir, keep_last=config.checkpoint.keep_last) if out_dir else None
 
     if checkpoints and (done := checkpoints.done_summary()) is not None:
-        _check_resumable(done["config"], config, out_dir)
+        check_resumable(done["config"], config, out_dir)
         return TrainResult(**done["result"])  # finished earlier: nothing to do
 
     with _rank_zero_first(world_size, is_main):
@@ -161,7 +161,7 @@ def train(
     start_step, best_val_loss = 0, None
     state = checkpoints.load_latest(map_location=device) if checkpoints else None
     if state is not None:
-        _check_resumable(state["config"], config, out_dir)
+        check_resumable(state["config"], config, out_dir)
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["cpu"].cpu())
@@ -306,13 +306,14 @@ def train(
     return result
 
 
-def _check_resumable(saved: dict, config: TrainConfig, out_dir: Path) -> None:
+def check_resumable(saved: dict, config: TrainConfig, out_dir: Path) -> None:
+    """A checkpoint or DONE marker in out_dir belongs to this config only if they agree on RESUME_SECTIONS."""
     current = config.to_dict()
     for section in RESUME_SECTIONS:
         if saved.get(section) != current[section]:
             raise InputError(
                 f"the checkpoint in {out_dir} was written with a different {section} "
-                f"({saved.get(section)!r} vs now {current[section]!r}); use another output folder"
+                f"({saved.get(section)!r} vs now {current[section]!r}); use another output folder or move that one away"
             )
 
 
