@@ -17,7 +17,6 @@ import sys
 import optuna
 import optuna_dashboard
 import pytest
-import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 
@@ -48,13 +47,6 @@ from train_core.schedule import get_lr
 EVAL_STEPS = [s for s in range(MAX_STEPS) if (s + 1) % EVAL_EVERY == 0]  # 0-based steps, as in metrics.csv
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """In-process runs use one thread, like the subprocesses (THREADS_ENV)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

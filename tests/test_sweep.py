@@ -8,7 +8,6 @@ import csv
 import math
 
 import pytest
-import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 
@@ -21,14 +20,6 @@ TRIAL_ATTRS = ("tokens_seen", "flops", "wall_s", "tokens_per_s", "mfu", "final_t
                "config_hash")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread: as fast as two for this tiny model, and measured 50x faster than two while another process
-    keeps the machine's 2 cores busy (threads that wait on each other lose their core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,12 @@
 """`sweep range`, `sweep confirm`, `sweep horizon` and `promote --lr-from horizon`, end to end on the tiny study."""
 
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from sweep.cli import main
 from sweep_fixtures import load, run_lr, study_values, write_study, write_token_files
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
