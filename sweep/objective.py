@@ -108,6 +108,8 @@ class Objective:
         else:
             warmup = trial.suggest_categorical("warmup", list(warmups))
         if (twin := _finished_twin(trial)) is not None:
+            # Nothing will train in this trial's folder: for a retry it holds the dead trial's checkpoints.
+            shutil.rmtree(plan.runs_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}", ignore_errors=True)
             return _reuse(trial, twin)
         config = plan.trial_config(lr=lr, warmup_steps=warmup)
         # A retry of a dead or interrupted trial trains in the first trial's folder: it resumes from its checkpoint.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalRedisBackend
 
 from train_core.errors import InputError
 
@@ -68,7 +68,10 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
     try:
         if kind is None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(url))
+            # Optuna's default symlink lock points at `url` as given: relative to the lock's own folder, a path like
+            # runs/sweep.log dangles, so a lock left by a killed worker never ages out and stalls every worker for
+            # good. A plain lock file (fine on NFSv3+) is broken after Optuna's 30 s grace.
+            return JournalStorage(JournalFileBackend(url, lock_obj=JournalFileOpenLock(url)))
         if kind == "redis":
             return JournalStorage(JournalRedisBackend(url))
         if path is not None:

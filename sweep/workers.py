@@ -75,7 +75,8 @@ class Interrupts:
     """Context manager: Ctrl-C and SIGTERM become a request that the worker acts on at safe points (between training
     steps, while it waits) instead of a KeyboardInterrupt raised wherever the main thread happens to be. Raised
     inside a storage call, that one can leave the journal file's lock behind (this worker and every other then stall
-    until Optuna force-releases it 30 s later) or a write half done. A second signal raises at once."""
+    until Optuna force-releases it 30 s later) or a write half done. More signals change nothing: a worker may get
+    one from the terminal and one from its parent (see run_worker_processes)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -94,8 +95,6 @@ class Interrupts:
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested.is_set():
-            raise KeyboardInterrupt
         self.requested.set()
 
     def check(self) -> None:
@@ -197,8 +196,15 @@ def run_worker_processes(study: optuna.Study, *, argv: list[str], workers: int, 
         while any(p.poll() is None for p in procs):
             view.poll(study)
             exited.wait(poll_every)
+    except KeyboardInterrupt:
+        # Ctrl-C reached the workers too, but a SIGTERM sent to this process alone (kill, systemd) did not: pass it
+        # on, or they would run the whole budget while this one waits. A worker counts signals once, whatever came.
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        raise
     finally:
-        for p in procs:  # on Ctrl-C the workers got SIGINT too: let them mark their trials and exit
+        for p in procs:  # let them mark their trials interrupted and exit
             p.wait()
     view.poll(study)
     return max(p.returncode for p in procs)
