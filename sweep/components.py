@@ -35,12 +35,17 @@ def make_sampler(
     raise InputError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
 
 
+def pruning_start(*, steps: int, warmup_steps: int) -> int:
+    """The first step at which trials are compared: after the longest warmup, and not before a quarter of the run."""
+    return min(max(warmup_steps, steps // 4), steps - 1)
+
+
 def make_pruner(name: str, *, steps: int, warmup_steps: int) -> optuna.pruners.BasePruner:
     """A rank-based pruner that compares trials at equal steps, and only after every trial's warmup is over.
 
     Pruning earlier would compare trials in the middle of different warmups, which says little about where they end.
     """
-    grace = min(max(warmup_steps, steps // 4), steps - 1)
+    grace = pruning_start(steps=steps, warmup_steps=warmup_steps)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=grace, interval_steps=1)
     if name == "asha":
