@@ -255,7 +255,9 @@ def test_a_retry_that_reuses_a_finished_twin_removes_the_dead_trials_checkpoints
 def test_sigterm_to_the_workers_parent_interrupts_its_workers_and_a_rerun_resumes_them(study_file, tmp_path):
     """`--workers 2` runs its workers as children; a SIGTERM sent to the parent alone must stop them too, the way
     Ctrl-C does, and the same command run again continues their trials from their checkpoints."""
-    steps, log = 60, tmp_path / "parent.log"
+    # Trials long enough that both workers are still inside one when their checkpoints show up: a finished trial
+    # deletes its folder, and a parent whose workers ran the whole budget first would exit 0 before the signal.
+    steps, log = 400, tmp_path / "parent.log"
     command = sweep_command(study_file, "store/sweep.log", "par", "--trials", "3", "--ckpt-every", str(CKPT_EVERY),
                             "--pruner", "none", "--workers", "2", steps=steps)
     parent = start(command, tmp_path, log)
