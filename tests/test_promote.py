@@ -47,8 +47,6 @@ from train_core.schedule import get_lr
 EVAL_STEPS = [s for s in range(MAX_STEPS) if (s + 1) % EVAL_EVERY == 0]  # 0-based steps, as in metrics.csv
 
 
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_tokens(tmp_path_factory.mktemp("tokens"))

@@ -20,8 +20,6 @@ TRIAL_ATTRS = ("tokens_seen", "flops", "wall_s", "tokens_per_s", "mfu", "final_t
                "config_hash")
 
 
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_token_files(tmp_path_factory.mktemp("tokens"))

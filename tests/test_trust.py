@@ -7,8 +7,6 @@ from sweep.cli import main
 from sweep_fixtures import load, run_lr, study_values, write_study, write_token_files
 
 
-
-
 @pytest.fixture
 def study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
