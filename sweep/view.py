@@ -87,7 +87,7 @@ class PlainView(SweepView):
 
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
         seconds = time.perf_counter() - self.started.pop(trial.number, time.perf_counter())
-        value = f" val loss {trial.value:.4f}" if trial.value is not None else ""
+        value = f" val loss {trial.value:.4f}" if trial.state == TrialState.COMPLETE else ""  # a pruned value is train loss
         reason = f" ({trial_reason(trial)})" if trial_reason(trial) else ""
         self.console.print(f"trial {trial.number} {trial.state.name}{value}{reason} in {seconds:.0f}s", highlight=False)
 
