@@ -90,14 +90,14 @@ class Objective:
         view: SweepView,
         artifact_store: FileSystemArtifactStore,
         liveness: Liveness,
-        interrupts: Interrupts | None = None,
+        interrupts: Interrupts,
     ):
         self.plan = plan
         self.view = view
         self.artifact_store = artifact_store
         self.liveness = liveness
         self.prune_from = pruning_start(steps=plan.steps, warmup_steps=max(plan.warmup.steps(plan.steps)))
-        self.interrupts = interrupts or Interrupts()  # never entered: no signal is ever requested
+        self.interrupts = interrupts
         self.trial_id: int | None = None  # of the trial this objective ran last
 
     def __call__(self, trial: optuna.Trial) -> float:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from sweep_fixtures import study_values, write_study, write_token_files
 from train_core.config import TrainConfig
 from train_core.data import write_nanogpt_bin
 
@@ -69,3 +70,16 @@ def make_config(token_files):
         return TrainConfig.from_dict(_merge(_tiny_recipe(*token_files), overrides))
 
     return factory
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Token files of real text for the tiny sweep study (sweep_fixtures), shared by a test module."""
+    return write_token_files(tmp_path_factory.mktemp("tokens"))
+
+
+@pytest.fixture
+def study(data, tmp_path, monkeypatch):
+    """The tiny study file in a fresh working directory (runs/ is relative to it)."""
+    monkeypatch.chdir(tmp_path)
+    return write_study(tmp_path / "tiny.yaml", study_values(data))

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
-from sweep_fixtures import run_lr, study_values, write_study, write_token_files
+from sweep_fixtures import run_lr
 from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixture)
     delete_study,
     load_study,
@@ -34,16 +34,6 @@ from sweep.workers import FINISHED
 TINY_STEPS = 10
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_token_files(tmp_path_factory.mktemp("tokens"))
-
-
-@pytest.fixture
-def study(data, tmp_path, monkeypatch):
-    """The tiny study file in a fresh working directory (runs/ is relative to it)."""
-    monkeypatch.chdir(tmp_path)
-    return write_study(tmp_path / "tiny.yaml", study_values(data))
 
 
 # --- one sweep on each storage ------------------------------------------------------------------------------------

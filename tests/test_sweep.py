@@ -12,7 +12,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all
 from optuna.trial import TrialState
 
 from sweep.recipe import load_recipe
-from sweep_fixtures import ANCHOR_LR, STEPS, VOCAB, load, run_lr, study_values, write_study, write_token_files
+from sweep_fixtures import ANCHOR_LR, STEPS, VOCAB, load, run_lr, study_values, write_study
 from train_core.model import GPT
 
 UNSTABLE_PREFIXES = ("nan", "diverged", "loss spike", "grad norm")
@@ -20,16 +20,6 @@ TRIAL_ATTRS = ("tokens_seen", "flops", "wall_s", "tokens_per_s", "mfu", "final_t
                "config_hash")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_token_files(tmp_path_factory.mktemp("tokens"))
-
-
-@pytest.fixture
-def study(data, tmp_path, monkeypatch):
-    """The tiny study file in a fresh working directory."""
-    monkeypatch.chdir(tmp_path)
-    return write_study(tmp_path / "tiny.yaml", study_values(data))
 
 
 @pytest.fixture(scope="module")
