@@ -8,6 +8,7 @@ Bad input exits 2 with one line; --debug shows the traceback instead.
 """
 
 import argparse
+import dataclasses
 import math
 import signal
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import torch
+from optuna.trial import TrialState
 from rich.console import Console
 
 from train_core.errors import InputError
@@ -90,8 +92,10 @@ def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-min", type=_positive_float, help="lowest peak LR (default: the study's, anchor/4)")
     parser.add_argument("--lr-max", type=_positive_float, help="highest peak LR (default: the study's, anchor*4)")
     parser.add_argument("--warmup", type=_warmup_list, help="warmup choices: steps (0,50,100) or fractions (0,0.05,0.1)")
-    parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
-                        help="cosine: each trial decays to lr/10 at its last step (default); constant: warmup then flat")
+    parser.add_argument("--schedule", choices=("cosine", "constant", "wsd"), default="cosine",
+                        help="cosine: each trial decays to lr/10 at its last step (default); constant: warmup then flat; "
+                        "wsd: flat, then a linear cool-down over the recipe's schedule.cooldown_fraction (default 20%%); a longer "
+                        "trial starts from a shorter one's state at the same LR and warmup steps")
     parser.add_argument("--seed", type=int, help="data order and init shared by all trials (default: the study's)")
     parser.add_argument("--ckpt-every", type=_positive_int, default=100, help="trial checkpoint interval in steps")
     parser.add_argument("--workers", type=_positive_int, default=1,
@@ -119,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_flags(lr)
     hz = commands.add_parser("horizon", help="sweep at several horizons and extrapolate the best LR to max_steps")
     hz.add_argument("--steps", type=_steps_list, required=True, help="trial lengths, e.g. 100,300,1000")
+    hz.add_argument("--max-steps", type=_positive_int, help="extrapolate to this run length (default: the recipe's max_steps)")
     _add_sweep_flags(hz)
 
     rg = commands.add_parser("range", help="LR range test: one run with an exponentially growing LR")
@@ -208,6 +213,7 @@ def _without_workers(argv: list[str]) -> list[str]:
 
 def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | None = None):
     """The TrialPlan that the sweep flags describe for trials of `steps` steps; checks every flag first."""
+    from sweep.branches import BranchStore
     from sweep.components import make_pruner, make_sampler
     from sweep.objective import TrialPlan
     from sweep.recipe import Warmup
@@ -245,6 +251,7 @@ def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | No
         pruner_name=args.pruner,
         runs_dir=Path("runs") / _study_name(args, recipe, steps),
         checkpoint_every=args.ckpt_every,
+        branches=BranchStore(Path("runs") / f"{recipe.name}-branches") if args.schedule == "wsd" else None,
     )
 
 
@@ -321,11 +328,13 @@ def cmd_horizon(args, console: Console) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     studies = {plan.steps: _run_sweep(args, console, plan).study for plan in plans}
-    fit = fit_horizon(studies, tokens_per_step=recipe.train.batch.total_batch_size, target_steps=recipe.train.schedule.max_steps)
+    target = args.max_steps or recipe.train.schedule.max_steps
+    fit = fit_horizon(studies, tokens_per_step=recipe.train.batch.total_batch_size, target_steps=target)
     summary = optuna.create_study(study_name=f"{recipe.name}-horizon", storage=studies[plans[0].steps]._storage,
                                   load_if_exists=True)
     for key, value in {"points": fit.points, "exponent": fit.exponent, "target_steps": fit.target_steps,
-                       "extrapolated_lr": fit.lr, "uncertainty_factor": fit.factor}.items():
+                       "extrapolated_lr": fit.lr, "uncertainty_factor": fit.factor,
+                       "tokens_per_step": fit.tokens_per_step, "law": dataclasses.asdict(fit.law)}.items():
         summary.set_user_attr(key, value)
     plot = save_horizon_plot(fit, Path("runs") / f"{recipe.name}-horizon.png")
     folder = artifact_dir(args.storage)
@@ -333,9 +342,26 @@ def cmd_horizon(args, console: Console) -> int:
     for steps, lr in fit.points:
         console.print(f"best lr at {steps} steps: {lr:.3g}", highlight=False)
     band = f" (x/÷ {fit.factor:.2f}, one standard error)" if math.isfinite(fit.factor) else ""
-    console.print(f"lr ∝ tokens^{fit.exponent:.3f}; extrapolated to max_steps {fit.target_steps}: {fit.lr:.3g}{band}; "
+    console.print(f"lr ∝ tokens^{fit.exponent:.3f}; extrapolated to {fit.target_steps} steps: {fit.lr:.3g}{band}; "
                   f"plot: {plot}; `promote best --lr-from horizon` uses it", highlight=False)
+    if plans[0].branches is not None:
+        console.print(_shared_prefix(studies.values()), highlight=False)
     return 0
+
+
+def _shared_prefix(studies) -> str:
+    """How many steps the WSD trials trained, against training each from step 0."""
+    trained = full = branched = 0
+    for study in studies:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if "duplicate_of" in t.user_attrs or "steps_done" not in t.user_attrs:
+                continue
+            start = t.user_attrs.get("branched_from_step", 0)
+            branched += start > 0
+            trained += t.user_attrs["steps_done"] - start
+            full += t.user_attrs["steps_done"]
+    share = f" ({1 - trained / full:.0%} saved)" if full else ""
+    return f"shared prefix: {branched} trials started from a shorter trial's stable phase; trained {trained:,} of {full:,} steps{share}"
 
 
 def cmd_range(args, console: Console) -> int:
@@ -448,6 +474,7 @@ def _existing_study(storage_url: str, study_name: str):
 def cmd_promote(args, console: Console) -> int:
     from optuna.artifacts import FileSystemArtifactStore
 
+    from sweep.analysis import PowerLaw
     from sweep.promote import make_plan, pick_trial, run_promote
     from sweep.recipe import load_recipe
     from sweep.storage import artifact_dir
@@ -461,7 +488,13 @@ def cmd_promote(args, console: Console) -> int:
         fit = fits.get(f"{recipe.name}-horizon")
         if fit is None or "extrapolated_lr" not in fit.user_attrs:
             raise InputError(f"no horizon fit for {recipe.name} in this storage: run `python -m sweep horizon --steps 100,300` first")
-        lr = fit.user_attrs["extrapolated_lr"]
+        if "law" not in fit.user_attrs:
+            raise InputError(f"the horizon fit of {recipe.name} predates this version: run `python -m sweep horizon` again")
+        law, steps = PowerLaw(**fit.user_attrs["law"]), args.max_steps or recipe.train.schedule.max_steps
+        lr = law.predict(steps * recipe.train.batch.total_batch_size)
+        band = law.uncertainty_factor(steps * recipe.train.batch.total_batch_size)
+        console.print(f"peak lr extrapolated by `sweep horizon` to {steps} steps: {lr:.3g}"
+                      + (f" (x/÷ {band:.2f})" if math.isfinite(band) else ""), highlight=False)
     plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs_root=Path("runs"), lr=lr)
     if args.dry_run:
         console.print(plan.describe(), highlight=False)

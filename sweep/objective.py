@@ -18,6 +18,7 @@ import optuna_dashboard
 from optuna.trial import FrozenTrial, TrialState
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
+from sweep.branches import BranchStore
 from sweep.components import pruning_start
 from sweep.recipe import Recipe, Warmup
 from sweep.stability import StabilityGuard
@@ -35,7 +36,7 @@ class TrialPlan:
 
     recipe: Recipe
     steps: int
-    schedule: Literal["cosine", "constant"]
+    schedule: Literal["cosine", "constant", "wsd"]
     lr_min: float
     lr_max: float
     warmup: Warmup
@@ -43,6 +44,7 @@ class TrialPlan:
     pruner_name: str
     runs_dir: Path  # trial folders go to runs_dir/trial-N (checkpoints while running, the loss curve after)
     checkpoint_every: int
+    branches: BranchStore | None = None  # wsd: trials start from a shorter trial's stable phase when one is stored
 
     def space(self) -> dict:
         """The search space as plain values; a study keeps it and refuses to continue with another one."""
@@ -117,15 +119,18 @@ class Objective:
         # A retry of a dead or interrupted trial trains in the first trial's folder: it resumes from its checkpoint.
         # A fresh trial starts from an empty folder, whatever an older study of the same name left there.
         out_dir = plan.runs_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}"
+        branched_at = None
         if "resume_trial" not in trial.user_attrs:
             shutil.rmtree(out_dir, ignore_errors=True)
+            if plan.branches is not None and (branched_at := plan.branches.take(config, out_dir)) is not None:
+                trial.set_user_attr("branched_from_step", branched_at)
         guard = StabilityGuard(initial_loss=math.log(config.model.vocab_size), warmup_steps=warmup)
         curve: list[dict] = []
         outcome: dict[str, str] = {}
 
         def on_step(metrics: StepMetrics) -> bool:
             self.interrupts.check()  # a Ctrl-C or SIGTERM stops the trial here, between steps
-            if not curve and metrics.step > 0:
+            if not curve and metrics.step > 0 and branched_at is None:
                 trial.set_user_attr("resumed_at_step", metrics.step)
             reason = guard.check(metrics)
             curve.append(_curve_row(metrics, guard.smoothed_loss))
@@ -177,6 +182,8 @@ class Objective:
         if result.final_val_loss is not None:
             trial.set_user_attr("val_loss", result.final_val_loss)
         optuna_dashboard.save_note(trial, _note(lr, warmup, result.final_val_loss, result.tokens_per_s, outcome))
+        if plan.branches is not None:
+            plan.branches.put(config, out_dir)
         shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints only serve a trial that is still running
         if "prune_reason" in outcome:
             raise optuna.TrialPruned(outcome["prune_reason"])
@@ -207,7 +214,7 @@ def _finished_twin(trial: optuna.Trial) -> FrozenTrial | None:
 def _reuse(trial: optuna.Trial, twin: FrozenTrial) -> float:
     trial.set_user_attr("duplicate_of", twin.number)
     for key, value in twin.user_attrs.items():
-        if key not in ("anchor", "retry_of", "resume_trial", "resumed_at_step", "duplicate_of"):
+        if key not in ("anchor", "retry_of", "resume_trial", "resumed_at_step", "branched_from_step", "duplicate_of"):
             trial.set_user_attr(key, value)
     if twin.state == TrialState.PRUNED:
         raise optuna.TrialPruned(twin.user_attrs.get("prune_reason", f"as trial {twin.number}"))

@@ -26,7 +26,7 @@ from rich.console import Console
 from sweep.objective import git_commit
 from sweep.recipe import Recipe, _Loader
 from train_core.checkpoint import CheckpointManager
-from train_core.config import TrainConfig
+from train_core.config import ScheduleConfig, TrainConfig
 from train_core.errors import InputError
 from train_core.trainer import StepMetrics, check_resumable, train
 
@@ -50,11 +50,18 @@ class PromotePlan:
         eta = f", about {_duration(self.tokens / speed)} at the trial's {speed:,.0f} tokens/s" if speed else ""
         return (
             f"promote trial {self.trial.number} of {self.study.study_name}: peak lr {s.max_lr:.3g}, warmup "
-            f"{s.warmup_steps} steps, cosine to {s.max_lr * s.min_lr_ratio:.3g} at step {s.max_steps}; "
+            f"{s.warmup_steps} steps, {_decay(s)}; "
             f"{s.max_steps:,} steps x {self.config.batch.total_batch_size:,} tokens = {self.tokens:,} tokens{eta}; "
             f"eval every {self.config.eval.interval} steps, checkpoints every {self.config.checkpoint.interval} "
             f"into {self.run_dir}"
         )
+
+
+def _decay(s: ScheduleConfig) -> str:
+    floor = f"{s.max_lr * s.min_lr_ratio:.3g} at step {s.decay_horizon}"
+    if s.shape == "wsd":
+        return f"flat to step {s.stable_end}, then linear to {floor}"
+    return "then flat" if s.shape == "constant" else f"cosine to {floor}"
 
 
 def pick_trial(study: optuna.Study, which: str) -> FrozenTrial:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sweep.analysis import (
+    PowerLaw,
     RangeTestResult,
     analyse_range_test,
     best_lr,
@@ -148,9 +149,21 @@ class HorizonFit:
     points: list[tuple[int, float]]  # (steps, best lr)
     tokens_per_step: int
     target_steps: int
-    lr: float  # extrapolated to target_steps
-    factor: float  # one standard error, multiplicative
-    exponent: float
+    law: PowerLaw  # best lr as a function of training tokens
+
+    @property
+    def lr(self) -> float:
+        """Extrapolated to target_steps."""
+        return self.law.predict(self.target_steps * self.tokens_per_step)
+
+    @property
+    def factor(self) -> float:
+        """One standard error at target_steps, multiplicative."""
+        return self.law.uncertainty_factor(self.target_steps * self.tokens_per_step)
+
+    @property
+    def exponent(self) -> float:
+        return self.law.exponent
 
 
 def fit_horizon(studies: dict[int, optuna.Study], *, tokens_per_step: int, target_steps: int) -> HorizonFit:
@@ -166,15 +179,7 @@ def fit_horizon(studies: dict[int, optuna.Study], *, tokens_per_step: int, targe
         pool = same_warmup if len(same_warmup) >= 3 else complete
         points.append((steps, best_lr([(t.params["lr"], t.value) for t in pool])))
     law = fit_power_law([s * tokens_per_step for s, _ in points], [lr for _, lr in points])
-    target_tokens = target_steps * tokens_per_step
-    return HorizonFit(
-        points=points,
-        tokens_per_step=tokens_per_step,
-        target_steps=target_steps,
-        lr=law.predict(target_tokens),
-        factor=law.uncertainty_factor(target_tokens),
-        exponent=law.exponent,
-    )
+    return HorizonFit(points=points, tokens_per_step=tokens_per_step, target_steps=target_steps, law=law)
 
 
 def save_horizon_plot(fit: HorizonFit, path: Path) -> Path:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from train_core.schedule import get_lr
+from train_core.schedule import cooldown_start, get_lr
 
 MAX_LR, MIN_RATIO, WARMUP, HORIZON = 6e-4, 0.1, 10, 110
 MIN_LR = MAX_LR * MIN_RATIO
@@ -69,3 +69,25 @@ def test_exponential_ramps_geometrically_from_min_to_max_without_warmup():
     assert lr(50, shape="exponential", decay_steps=101) == pytest.approx(math.sqrt(MIN_LR * MAX_LR))
     assert lr(last, shape="exponential") == pytest.approx(MAX_LR)
     assert lr(last + 10, shape="exponential") == pytest.approx(MAX_LR)
+
+
+def test_wsd_holds_max_lr_then_cools_down_linearly_to_min_lr_at_the_horizon():
+    wsd = dict(shape="wsd", cooldown_fraction=0.2)  # cool-down over steps 88..110
+    assert lr(0, **wsd) == pytest.approx(MAX_LR / WARMUP)
+    assert [lr(s, **wsd) for s in (WARMUP, 50, 87)] == [MAX_LR] * 3
+    assert lr(88, **wsd) == pytest.approx(MAX_LR)
+    assert lr(99, **wsd) == pytest.approx((MAX_LR + MIN_LR) / 2)
+    assert lr(HORIZON, **wsd) == pytest.approx(MIN_LR) and lr(2 * HORIZON, **wsd) == pytest.approx(MIN_LR)
+
+
+def test_wsd_runs_of_any_length_agree_until_the_shorter_ones_cool_down():
+    """What lets a longer WSD run start from a shorter one's state at its cool-down start."""
+    short, long = 100, 400
+    start = cooldown_start(warmup_steps=WARMUP, decay_steps=short, cooldown_fraction=0.2)
+    assert start == 80
+    same = [lr(s, shape="wsd", decay_steps=short) == lr(s, shape="wsd", decay_steps=long) for s in range(short)]
+    assert same == [s < start for s in range(short)]
+
+
+def test_wsd_cool_down_never_starts_inside_the_warmup():
+    assert cooldown_start(warmup_steps=30, decay_steps=32, cooldown_fraction=0.5) == 30

@@ -225,3 +225,30 @@ def test_finished_run_with_another_config_is_refused(make_config, tmp_path):
     train(make_config(schedule={"max_steps": 4}), out_dir=tmp_path / "run")
     with pytest.raises(InputError, match="different schedule"):
         train(make_config(schedule={"max_steps": 4, "max_lr": 2e-2}), out_dir=tmp_path / "run")
+
+
+def test_longer_wsd_run_branches_exactly_from_a_shorter_ones_stable_phase(make_config, tmp_path):
+    """A 20-step WSD run cools down from step 16; a 10-step one from step 8, where it keeps its state. Started
+    from that state, the 20-step run ends bitwise where the same run trained from step 0 ends."""
+    wsd = {"shape": "wsd", "cooldown_fraction": 0.2, "warmup_steps": 2}
+    short = make_config(schedule=wsd | {"max_steps": 10})
+    long = make_config(schedule=wsd | {"max_steps": 20})
+    from_zero = train(long)
+    train(short, out_dir=tmp_path / "short")
+    stable = CheckpointManager(tmp_path / "short").stable_files()
+    assert list(stable) == [8]
+
+    CheckpointManager(tmp_path / "long").adopt(stable[8], step=8)
+    steps = []
+    branched = train(long, out_dir=tmp_path / "long", callback=lambda m: steps.append(m.step))
+    assert steps == list(range(8, 20))
+    assert branched.losses == from_zero.losses[8:]  # bitwise
+    assert branched.final_val_loss == from_zero.final_val_loss
+
+
+def test_a_checkpoint_from_a_run_whose_lr_already_differed_is_refused(make_config, tmp_path):
+    """Cosine runs of other lengths differ from their first step: no shorter one's state is a longer one's."""
+    train(make_config(schedule={"max_steps": 10}), out_dir=tmp_path / "short")
+    CheckpointManager(tmp_path / "long").adopt(tmp_path / "short" / "step-00000008.pt", step=8)
+    with pytest.raises(InputError, match="different schedule"):
+        train(make_config(schedule={"max_steps": 20}), out_dir=tmp_path / "long")

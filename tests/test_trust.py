@@ -3,6 +3,7 @@
 import pytest
 from optuna.trial import TrialState
 
+from sweep.analysis import PowerLaw
 from sweep.cli import main
 from sweep_fixtures import load, run_lr, study_values, write_study, write_token_files
 
@@ -45,7 +46,7 @@ def test_horizon_fits_the_best_lr_across_horizons_and_promote_uses_it(study, cap
     code = main(["horizon", "--study", str(study), "--steps", "10,20", "--storage", "h.log", "--sampler", "grid",
                  "--grid-points", "3", "--warmup", "0", "--pruner", "none", "-q"])
     out = capsys.readouterr().out
-    assert code == 0 and "extrapolated to max_steps 100" in out
+    assert code == 0 and "extrapolated to 100 steps" in out
     fit = load("h.log", "tiny-horizon").user_attrs
     assert [steps for steps, _ in fit["points"]] == [10, 20]
     lo, hi = 3e-3, 3e-2
@@ -54,9 +55,39 @@ def test_horizon_fits_the_best_lr_across_horizons_and_promote_uses_it(study, cap
     code = main(["promote", "best", "--study", str(study), "--steps", "20", "--storage", "h.log",
                  "--lr-from", "horizon", "--dry-run"])
     assert code == 0 and f"peak lr {fit['extrapolated_lr']:.3g}" in capsys.readouterr().out
+    # A shorter full run gets the law's LR at its own length, not the one at the recipe's max_steps.
+    at_50 = PowerLaw(**fit["law"]).predict(50 * fit["tokens_per_step"])
+    code = main(["promote", "best", "--study", str(study), "--steps", "20", "--storage", "h.log",
+                 "--lr-from", "horizon", "--max-steps", "50", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"peak lr {at_50:.3g}" in out and f"to 50 steps: {at_50:.3g}" in out
+    assert f"{at_50:.3g}" != f"{fit['extrapolated_lr']:.3g}"
 
 
 def test_promote_lr_from_horizon_without_a_fit_exits_2(study, capsys):
     assert run_lr(study, "p.log", "--sampler", "random", "--pruner", "none", "--trials", "2") == 0
     code = main(["promote", "best", "--study", str(study), "--steps", "20", "--storage", "p.log", "--lr-from", "horizon"])
     assert code == 2 and "sweep horizon" in capsys.readouterr().err
+
+
+def test_wsd_horizons_branch_from_the_shorter_horizon_and_end_where_full_trials_end(study, tmp_path, monkeypatch, capsys):
+    """With --schedule wsd, each 20-step trial starts from the 10-step trial of the same LR at its cool-down start
+    (step 8) and trains 12 steps; it ends bitwise where a 20-step WSD trial trained from step 0 ends."""
+    grid = ["--sampler", "grid", "--grid-points", "3", "--warmup", "2", "--pruner", "none", "--schedule", "wsd", "-q"]
+    assert main(["horizon", "--study", str(study), "--steps", "10,20", "--storage", "h.log", *grid]) == 0
+    assert "shared prefix:" in capsys.readouterr().out
+    branched = [t for t in load("h.log", "tiny-20").trials if "duplicate_of" not in t.user_attrs]
+    assert len(branched) == 4  # the grid's 3 LRs and the anchor's
+    assert all(t.user_attrs["branched_from_step"] == 8 for t in branched)
+    # The store keeps one state per LR, the furthest: the 20-step trials' own cool-down starts.
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny-branches").glob("*/*")) == ["stable-00000016.pt"] * 4
+
+    scratch = tmp_path / "from-zero"
+    scratch.mkdir()
+    monkeypatch.chdir(scratch)
+    assert main(["lr", "--study", str(study), "--steps", "20", "--storage", "z.log", *grid]) == 0
+    from_zero = {t.params["lr"]: t for t in load("z.log", "tiny-20").trials if "duplicate_of" not in t.user_attrs}
+    assert all("branched_from_step" not in t.user_attrs for t in from_zero.values())
+    finished = [t for t in branched if t.state == TrialState.COMPLETE]
+    assert len(finished) >= 2
+    assert all(t.value == from_zero[t.params["lr"]].value for t in finished)  # bitwise

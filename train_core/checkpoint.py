@@ -3,6 +3,7 @@
 On disk, in one folder:
     step-00000200.pt   one per save; the newest keep_last are kept
     best.pt            the state with the lowest validation loss so far
+    stable-00001600.pt a WSD run's state where its cool-down starts, which longer runs can start from
     DONE               JSON summary, written when the run finished
 A save goes to a temporary name, is fsync'ed, then renamed into place, so a reader sees a whole file or none.
 A file that still fails to load (a torn disk, a copy cut short) is skipped with a warning for the one before it.
@@ -11,6 +12,7 @@ A file that still fails to load (a torn disk, a copy cut short) is skipped with 
 import json
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -18,6 +20,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
+STABLE_FILE = re.compile(r"^stable-(\d{8})\.pt$")
 BEST_FILE = "best.pt"
 DONE_FILE = "DONE"
 REQUIRED_KEYS = ("model", "optimizer", "config", "step")
@@ -43,6 +46,30 @@ class CheckpointManager:
     def save_best(self, state: dict[str, Any]) -> Path:
         path = self.folder / BEST_FILE
         _atomic_save(state, path)
+        return path
+
+    def save_stable(self, state: dict[str, Any], *, step: int) -> Path:
+        """The state at a WSD run's cool-down start; kept apart from keep_last, since longer runs branch from it."""
+        path = self.folder / f"stable-{step:08d}.pt"
+        _atomic_save(state, path)
+        return path
+
+    def stable_files(self) -> dict[int, Path]:
+        """Stable-phase checkpoints by step."""
+        if not self.folder.is_dir():
+            return {}
+        return {int(m[1]): p for p in self.folder.iterdir() if (m := STABLE_FILE.match(p.name))}
+
+    def adopt(self, source: Path, *, step: int) -> Path:
+        """Start this folder from another run's checkpoint taken after `step` steps: the next train() resumes from it
+        if the two runs agree on everything up to that step (see trainer.check_resumable)."""
+        path = self.folder / f"step-{step:08d}.pt"
+
+        def copy(f: BinaryIO) -> None:
+            with open(source, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 24)
+
+        _atomic_write(path, copy)
         return path
 
     def step_files(self) -> list[Path]:

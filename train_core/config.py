@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from train_core.errors import InputError
 from train_core.model import GPTConfig
-from train_core.schedule import ScheduleShape
+from train_core.schedule import ScheduleShape, cooldown_start, get_lr
 
 Dtype = Literal["auto", "float32", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -57,11 +57,13 @@ class ScheduleConfig:
     max_steps: int = 4768
     decay_steps: int | None = None  # where the cosine reaches its floor; None means max_steps
     shape: ScheduleShape = "cosine"
+    cooldown_fraction: float = 0.2  # wsd only: share of the decay horizon spent cooling down to the floor
 
     def __post_init__(self):
         _check(self.max_lr > 0, "schedule.max_lr", self.max_lr, "> 0")
         _check(0 <= self.min_lr_ratio <= 1, "schedule.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         _check(self.max_steps >= 1, "schedule.max_steps", self.max_steps, "a positive integer")
+        _check(0 < self.cooldown_fraction <= 1, "schedule.cooldown_fraction", self.cooldown_fraction, "in (0, 1]")
         _check(
             0 <= self.warmup_steps <= self.max_steps,
             "schedule.warmup_steps",
@@ -79,6 +81,26 @@ class ScheduleConfig:
     @property
     def decay_horizon(self) -> int:
         return self.max_steps if self.decay_steps is None else self.decay_steps
+
+    def lr(self, step: int) -> float:
+        return get_lr(
+            step,
+            max_lr=self.max_lr,
+            warmup_steps=self.warmup_steps,
+            decay_steps=self.decay_horizon,
+            min_lr_ratio=self.min_lr_ratio,
+            shape=self.shape,
+            cooldown_fraction=self.cooldown_fraction,
+        )
+
+    @property
+    def stable_end(self) -> int | None:
+        """wsd: the step its cool-down starts at, the state there being every longer run's state too; else None."""
+        if self.shape != "wsd":
+            return None
+        return cooldown_start(
+            warmup_steps=self.warmup_steps, decay_steps=self.decay_horizon, cooldown_fraction=self.cooldown_fraction
+        )
 
 
 @dataclass(kw_only=True)

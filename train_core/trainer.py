@@ -25,11 +25,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from train_core.checkpoint import CheckpointManager
-from train_core.config import DataConfig, TrainConfig
+from train_core.config import DataConfig, ScheduleConfig, TrainConfig
 from train_core.data import TokenData, ensure_corpus
 from train_core.errors import InputError
 from train_core.model import GPT
-from train_core.schedule import get_lr
 
 # Sections of the config that change the numbers a run produces; a checkpoint only resumes a run that agrees on them.
 RESUME_SECTIONS = ("model", "data", "batch", "schedule", "optimizer", "seed")
@@ -141,7 +140,18 @@ def train(
     callback: Callable[[StepMetrics], bool | None] | None = None,
 ) -> TrainResult:
     """Run `config` to schedule.max_steps (or until callback returns True), checkpointing into out_dir if given."""
-    rank, world_size = _init_distributed(config)
+    with _process_group(config) as (rank, world_size):
+        return _train(config, out_dir=out_dir, callback=callback, rank=rank, world_size=world_size)
+
+
+def _train(
+    config: TrainConfig,
+    *,
+    out_dir: Path | None,
+    callback: Callable[[StepMetrics], bool | None] | None,
+    rank: int,
+    world_size: int,
+) -> TrainResult:
     is_main = rank == 0
     device = resolve_device(config.device)
     autocast_dtype = resolve_dtype(config.dtype, device)
@@ -161,7 +171,7 @@ def train(
     start_step, best_val_loss = 0, None
     state = checkpoints.load_latest(map_location=device) if checkpoints else None
     if state is not None:
-        check_resumable(state["config"], config, out_dir)
+        check_resumable(state["config"], config, out_dir, step=state["step"])
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["cpu"].cpu())
@@ -211,14 +221,7 @@ def train(
     step = start_step
     for step in range(start_step, sched.max_steps):
         t0 = time.perf_counter()
-        lr = get_lr(
-            step,
-            max_lr=sched.max_lr,
-            warmup_steps=sched.warmup_steps,
-            decay_steps=sched.decay_horizon,
-            min_lr_ratio=sched.min_lr_ratio,
-            shape=sched.shape,
-        )
+        lr = sched.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
@@ -275,6 +278,8 @@ def train(
                 checkpoints.save_best(snapshot(step + 1))
             if (step + 1) % config.checkpoint.interval == 0 or last:
                 checkpoints.save(snapshot(step + 1), step=step + 1)
+            if step + 1 == sched.stable_end:
+                checkpoints.save_stable(snapshot(step + 1), step=step + 1)
         if not finite:
             status = "nonfinite"
             break
@@ -306,26 +311,44 @@ def train(
     return result
 
 
-def check_resumable(saved: dict, config: TrainConfig, out_dir: Path) -> None:
-    """A checkpoint or DONE marker in out_dir belongs to this config only if they agree on RESUME_SECTIONS."""
+def check_resumable(saved: dict, config: TrainConfig, out_dir: Path, *, step: int | None = None) -> None:
+    """A checkpoint or DONE marker in out_dir belongs to this config only if they agree on RESUME_SECTIONS.
+
+    A checkpoint taken after `step` steps also belongs to a run whose schedule differs only from that step on (a longer
+    WSD run branching off a shorter one's stable phase): this run would have reached the very same state there.
+    """
     current = config.to_dict()
     for section in RESUME_SECTIONS:
-        if saved.get(section) != current[section]:
+        same = saved.get(section) == current[section]
+        if not same and section == "schedule" and step is not None:
+            same = _same_lrs(ScheduleConfig(**saved["schedule"]), config.schedule, steps=step)
+        if not same:
             raise InputError(
                 f"the checkpoint in {out_dir} was written with a different {section} "
                 f"({saved.get(section)!r} vs now {current[section]!r}); use another output folder or move that one away"
             )
 
 
-def _init_distributed(config: TrainConfig) -> tuple[int, int]:
-    """(rank, world_size); joins the process group torchrun describes in the environment."""
+def _same_lrs(a: ScheduleConfig, b: ScheduleConfig, *, steps: int) -> bool:
+    return all(a.lr(step) == b.lr(step) for step in range(steps))
+
+
+@contextlib.contextmanager
+def _process_group(config: TrainConfig):
+    """(rank, world_size); joins the process group torchrun describes in the environment, and leaves it in step with
+    the other ranks (a rank that exits while another still holds its connections aborts in gloo's teardown)."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if world_size == 1:
-        return 0, 1
-    if not dist.is_initialized():
+        yield 0, 1
+        return
+    joined = not dist.is_initialized()
+    if joined:
         backend = "nccl" if resolve_device(config.device).type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-    return dist.get_rank(), world_size
+    yield dist.get_rank(), world_size
+    if joined:  # not after an exception: the other ranks may never reach the barrier
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 @contextlib.contextmanager
