@@ -82,7 +82,8 @@ def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     from sweep.storage import DEFAULT_STORAGE
 
     parser.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
-    parser.add_argument("--trials", type=_positive_int, help="finished trials the study should hold (default: the study's)")
+    parser.add_argument("--trials", type=_positive_int,
+                        help="finished trials the study should hold (default: the study's; with --sampler grid, the grid)")
     parser.add_argument("--timeout", type=_positive_float, help="stop starting new trials after this many seconds")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL or journal file (default {DEFAULT_STORAGE})")
     parser.add_argument("--study-name", help="default: <study>-<steps>")
@@ -260,16 +261,19 @@ def _study_name(args, recipe, steps: int) -> str:
 
 
 def _run_sweep(args, console: Console, plan):
-    from sweep.lr import run_sweep
+    from sweep.lr import grid_trials, run_sweep
     from sweep.view import make_view
     from sweep.workers import Liveness
 
+    trials = args.trials or (
+        grid_trials(plan, grid_points=args.grid_points) if args.sampler == "grid" else plan.recipe.search.trials
+    )
     with make_view(console, quiet=args.quiet) as view:
         return run_sweep(
             plan,
             storage_url=args.storage,
             study_name=_study_name(args, plan.recipe, plan.steps),
-            trials=args.trials or plan.recipe.search.trials,
+            trials=trials,
             timeout=args.timeout,
             sampler=args.sampler,
             grid_points=args.grid_points,
@@ -334,13 +338,17 @@ def cmd_horizon(args, console: Console) -> int:
                                   load_if_exists=True)
     for key, value in {"points": fit.points, "exponent": fit.exponent, "target_steps": fit.target_steps,
                        "extrapolated_lr": fit.lr, "uncertainty_factor": fit.factor,
-                       "tokens_per_step": fit.tokens_per_step, "law": dataclasses.asdict(fit.law)}.items():
+                       "tokens_per_step": fit.tokens_per_step, "law": dataclasses.asdict(fit.law),
+                       "at_edge": fit.at_edge}.items():
         summary.set_user_attr(key, value)
     plot = save_horizon_plot(fit, Path("runs") / f"{recipe.name}-horizon.png")
     folder = artifact_dir(args.storage)
     upload_artifact(artifact_store=FileSystemArtifactStore(folder), file_path=str(plot), study_or_trial=summary)
     for steps, lr in fit.points:
         console.print(f"best lr at {steps} steps: {lr:.3g}", highlight=False)
+    for steps, lr in fit.at_edge:
+        console.print(f"best lr at {steps} steps: {lr:.3g}, an end of the searched range (the bottom lies beyond it): "
+                      "left out of the fit; widen --lr-min/--lr-max to include it", highlight=False)
     band = f" (x/÷ {fit.factor:.2f}, one standard error)" if math.isfinite(fit.factor) else ""
     console.print(f"lr ∝ tokens^{fit.exponent:.3f}; extrapolated to {fit.target_steps} steps: {fit.lr:.3g}{band}; "
                   f"plot: {plot}; `promote best --lr-from horizon` uses it", highlight=False)

@@ -93,12 +93,7 @@ def open_study(
     """Create the study (recipe, search space and the anchor trial enqueued) or load it, refusing another space."""
     storage = open_storage(storage_url)
     space = plan.space()
-    grid = None
-    if sampler == "grid":
-        grid = {
-            "lr": lr_grid(lr_min=plan.lr_min, lr_max=plan.lr_max, points=grid_points, anchor_lr=plan.recipe.search.anchor_lr),
-            "warmup": list(plan.warmup.steps(plan.steps)) if not plan.warmup.is_range else _range_grid(plan, grid_points),
-        }
+    grid = trial_grid(plan, grid_points=grid_points) if sampler == "grid" else None
     existing = _load_existing(storage, study_name)
     if existing is not None:
         saved = existing.user_attrs.get("search_space")
@@ -204,6 +199,21 @@ def _load_existing(storage, study_name: str) -> optuna.Study | None:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return None
+
+
+def trial_grid(plan: TrialPlan, *, grid_points: int) -> dict[str, list]:
+    """The grid sampler's points: log-spaced LRs (the anchor's among them) x the warmup choices."""
+    return {
+        "lr": lr_grid(lr_min=plan.lr_min, lr_max=plan.lr_max, points=grid_points, anchor_lr=plan.recipe.search.anchor_lr),
+        "warmup": list(plan.warmup.steps(plan.steps)) if not plan.warmup.is_range else _range_grid(plan, grid_points),
+    }
+
+
+def grid_trials(plan: TrialPlan, *, grid_points: int) -> int:
+    """Trials that cover the grid: one per point, and one more because the grid proposes the anchor's point again
+    (a trial that reuses the anchor's result)."""
+    grid = trial_grid(plan, grid_points=grid_points)
+    return len(grid["lr"]) * len(grid["warmup"]) + 1
 
 
 def _range_grid(plan: TrialPlan, points: int) -> list[int]:

@@ -29,6 +29,7 @@ from sweep.analysis import (
 )
 from sweep.objective import TrialPlan
 from sweep.recipe import Recipe
+from train_core.errors import InputError
 from train_core.trainer import StepMetrics, train
 
 
@@ -146,7 +147,8 @@ def confirm_report(results: list[SeedResults]) -> tuple[Table, list[str]]:
 
 @dataclass(frozen=True)
 class HorizonFit:
-    points: list[tuple[int, float]]  # (steps, best lr)
+    points: list[tuple[int, float]]  # (steps, best lr), the horizons the law is fitted to
+    at_edge: list[tuple[int, float]]  # (steps, lowest-loss lr) where that lr was the lowest or highest tried: left out
     tokens_per_step: int
     target_steps: int
     law: PowerLaw  # best lr as a function of training tokens
@@ -168,18 +170,30 @@ class HorizonFit:
 
 def fit_horizon(studies: dict[int, optuna.Study], *, tokens_per_step: int, target_steps: int) -> HorizonFit:
     """Best LR at each horizon (the bottom of its loss-vs-LR curve, at the winning warmup), then a power law in
-    tokens, extrapolated to target_steps."""
-    points = []
+    tokens, extrapolated to target_steps.
+
+    A horizon whose lowest loss came at the lowest or highest LR it tried has its bottom beyond the searched range:
+    that LR is a bound, not a best LR, and the fit leaves it out.
+    """
+    points, at_edge = [], []
     for steps, study in sorted(studies.items()):
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not complete:
-            raise ValueError(f"study {study.study_name} has no completed trial")
+            raise InputError(f"study {study.study_name} has no completed trial to fit; run it again or widen its LR range")
         winner = min(complete, key=lambda t: t.value)
+        tried = [t.params["lr"] for t in study.get_trials(deepcopy=False) if "lr" in t.params]
+        if winner.params["lr"] in (min(tried), max(tried)):
+            at_edge.append((steps, winner.params["lr"]))
+            continue
         same_warmup = [t for t in complete if t.params["warmup"] == winner.params["warmup"]]
         pool = same_warmup if len(same_warmup) >= 3 else complete
         points.append((steps, best_lr([(t.params["lr"], t.value) for t in pool])))
+    if len(points) < 2:
+        edges = ", ".join(f"{lr:.3g} at {steps} steps" for steps, lr in at_edge)
+        raise InputError(f"the best LR lies at the edge of the searched range ({edges}), leaving fewer than two horizons "
+                         "to fit: widen --lr-min/--lr-max")
     law = fit_power_law([s * tokens_per_step for s, _ in points], [lr for _, lr in points])
-    return HorizonFit(points=points, tokens_per_step=tokens_per_step, target_steps=target_steps, law=law)
+    return HorizonFit(points=points, at_edge=at_edge, tokens_per_step=tokens_per_step, target_steps=target_steps, law=law)
 
 
 def save_horizon_plot(fit: HorizonFit, path: Path) -> Path:
@@ -191,6 +205,9 @@ def save_horizon_plot(fit: HorizonFit, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     tokens = [s * fit.tokens_per_step for s, _ in fit.points]
     ax.scatter(tokens, [lr for _, lr in fit.points], label="best lr per sweep horizon")
+    if fit.at_edge:
+        ax.scatter([s * fit.tokens_per_step for s, _ in fit.at_edge], [lr for _, lr in fit.at_edge], marker="x",
+                   color="grey", label="at the edge of the range (not fitted)")
     target = fit.target_steps * fit.tokens_per_step
     line = np.geomspace(min(tokens), target, 50)
     coefficient = fit.lr / target**fit.exponent

@@ -4,9 +4,14 @@ are known."""
 import math
 
 import numpy as np
+import optuna
 import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import create_trial
 
 from sweep.analysis import analyse_range_test, best_lr, compare_paired, fit_power_law
+from sweep.trust import fit_horizon
+from train_core.errors import InputError
 
 
 def bowl(lr: float, *, best: float, depth: float = 3.0, width: float = 0.4) -> float:
@@ -84,3 +89,31 @@ def test_range_test_stops_reading_at_the_first_nan():
     losses = [10.0 - i * 0.1 for i in range(30)] + [math.nan] * 10
     result = analyse_range_test(lrs, losses)
     assert result.diverged_lr == pytest.approx(lrs[30])
+
+
+def _sweep_study(steps: int, *, best: float, grid) -> optuna.Study:
+    """An in-memory study of one horizon's grid of LRs, its losses on a bowl with the bottom at `best`."""
+    study = optuna.create_study(study_name=f"synthetic-{steps}")
+    space = {"lr": FloatDistribution(1e-5, 1.0, log=True), "warmup": IntDistribution(0, 100)}
+    for lr in grid:
+        study.add_trial(create_trial(params={"lr": lr, "warmup": 10}, distributions=space, value=bowl(lr, best=best)))
+    return study
+
+
+def test_horizon_fit_extrapolates_the_law_and_leaves_out_horizons_whose_bottom_is_off_the_grid():
+    grid = np.geomspace(1e-3, 3.2e-2, 6)
+    law = lambda steps: 0.2 * (steps * 1024) ** -0.4  # 100 steps: 0.0079; 25 steps: 0.0138; 5 steps: 0.0264
+    studies = {steps: _sweep_study(steps, best=law(steps), grid=grid) for steps in (25, 50, 100, 200)}
+    studies[1] = _sweep_study(1, best=0.2, grid=grid)  # its bottom lies above 3.2e-2: the lowest loss is at the top
+    fit = fit_horizon(studies, tokens_per_step=1024, target_steps=800)
+    assert fit.at_edge == [(1, grid[-1])]
+    assert [steps for steps, _ in fit.points] == [25, 50, 100, 200]
+    assert fit.exponent == pytest.approx(-0.4, abs=1e-6)
+    assert fit.lr == pytest.approx(law(800), rel=1e-6)
+
+
+def test_horizon_fit_with_fewer_than_two_horizons_inside_the_range_is_refused():
+    grid = np.geomspace(1e-3, 3.2e-2, 6)
+    studies = {10: _sweep_study(10, best=0.2, grid=grid), 20: _sweep_study(20, best=5e-3, grid=grid)}
+    with pytest.raises(InputError, match="edge of the searched range.*widen"):
+        fit_horizon(studies, tokens_per_step=1024, target_steps=800)
