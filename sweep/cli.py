@@ -329,6 +329,10 @@ def cmd_horizon(args, console: Console) -> int:
         raise InputError("horizon names its studies <study>-<steps>; --study-name is not taken here")
     plans = [_sweep_plan(args, recipe, steps=steps) for steps in sorted(set(args.steps))]
     open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)
+    if len({plan.warmup.steps(plan.steps) for plan in plans}) > 1:
+        console.print("note: the warmup choices are fractions of the run, so every horizon warms up for another number "
+                      "of steps, and a short warmup alone can lower (or destabilise) a horizon's best LR; --warmup in "
+                      "steps (e.g. --warmup 30) holds it fixed", highlight=False)
     if args.threads:
         torch.set_num_threads(args.threads)
     studies = {plan.steps: _run_sweep(args, console, plan).study for plan in plans}

@@ -50,6 +50,7 @@ def test_horizon_fits_the_best_lr_across_horizons_and_promote_uses_it(study, cap
     code = main(["horizon", "--study", str(study), "--steps", "10,20", "--storage", "h.log", *GRID, "--warmup", "0"])
     out = capsys.readouterr().out
     assert code == 0 and "extrapolated to 100 steps" in out
+    assert "warmup choices are fractions" not in out  # --warmup 0 is in steps: the same at every horizon
     fit = load("h.log", "tiny-horizon").user_attrs
     assert [steps for steps, _ in fit["points"]] == [10, 20]
     assert all(3e-3 < lr < 3 for _, lr in fit["points"])
@@ -93,3 +94,10 @@ def test_wsd_horizons_branch_from_the_shorter_horizon_and_end_where_full_trials_
     from_zero = {t.params["lr"]: t for t in load("z.log", "tiny-20").trials if "duplicate_of" not in t.user_attrs}
     assert all("branched_from_step" not in t.user_attrs for t in from_zero.values())
     assert all(t.value == from_zero[t.params["lr"]].value for t in finished)  # bitwise
+
+
+def test_horizon_says_when_fractional_warmups_differ_between_horizons(study, capsys):
+    assert main(["horizon", "--study", str(study), "--steps", "10,20", "--storage", "f.log", *GRID, "--warmup", "0.2"]) == 0
+    assert "note: the warmup choices are fractions" in capsys.readouterr().out
+    assert {t.params["warmup"] for t in load("f.log", "tiny-10").trials} == {2}
+    assert {t.params["warmup"] for t in load("f.log", "tiny-20").trials} == {4}
