@@ -213,7 +213,7 @@ def save_horizon_plot(fit: HorizonFit, path: Path) -> Path:
     coefficient = fit.lr / target**fit.exponent
     ax.plot(line, coefficient * line**fit.exponent, "--", label=f"fit: lr ∝ tokens^{fit.exponent:.2f}")
     ax.errorbar([target], [fit.lr], yerr=[[fit.lr - fit.lr / fit.factor], [fit.lr * fit.factor - fit.lr]]
-                if math.isfinite(fit.factor) else None, fmt="s", color="red", label=f"max_steps: {fit.lr:.3g}")
+                if math.isfinite(fit.factor) else None, fmt="s", color="red", label=f"{fit.target_steps} steps: {fit.lr:.3g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training tokens")
