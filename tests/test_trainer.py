@@ -13,17 +13,10 @@ from train_core.checkpoint import CheckpointManager
 from train_core.data import TokenData, write_nanogpt_bin
 from train_core.errors import InputError
 from train_core.model import GPT
-from train_core.schedule import get_lr
 from train_core.tokenizer import gpt2_encoding
 from train_core.trainer import make_optimizer, train
 
 CPU = torch.device("cpu")
-
-
-def _lr(config, step):
-    s = config.schedule
-    return get_lr(step, max_lr=s.max_lr, warmup_steps=s.warmup_steps, decay_steps=s.decay_horizon,
-                  min_lr_ratio=s.min_lr_ratio, shape=s.shape)
 
 
 # --- one optimizer step -----------------------------------------------------------------------------------------
@@ -49,7 +42,7 @@ def test_grad_accumulation_equals_one_big_batch(make_config, tmp_path):
     torch.manual_seed(config.seed)
     model = GPT(config.model)
     optimizer = make_optimizer(model, config, CPU)
-    lr = _lr(config, 0)
+    lr = config.schedule.lr(0)
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss = model(x, y)
@@ -122,7 +115,7 @@ def test_callback_sees_every_step_with_scheduled_lr_and_evals(make_config):
     seen = []
     result = train(config, callback=seen.append)
     assert [m.step for m in seen] == list(range(10))
-    assert [m.lr for m in seen] == [_lr(config, s) for s in range(10)]
+    assert [m.lr for m in seen] == [config.schedule.lr(s) for s in range(10)]
     assert [m.loss for m in seen] == result.losses
     assert [m.tokens_seen for m in seen] == [64 * (s + 1) for s in range(10)]
     # Evaluations after steps 4 and 8 (step indices 3, 7) and at the end.
