@@ -311,8 +311,10 @@ def cmd_lr(args, console: Console) -> int:
                       highlight=False)
     if outcome.stopped_by_failures:
         console.print("stopped: the last trials all failed; see fail_reason in the table above", highlight=False)
-        return 1
-    return 0
+    for lost in outcome.lost_workers:
+        # Its running trial was reaped and retried by the others (or is, by the next run of this command).
+        console.print(f"{lost}: its trial is retried from its checkpoint", highlight=False)
+    return 1 if outcome.stopped_by_failures or outcome.lost_workers else 0
 
 
 def cmd_horizon(args, console: Console) -> int:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ class SweepOutcome:
     study: optuna.Study
     plot: Path | None
     stopped_by_failures: bool
+    lost_workers: list[str]  # `--workers` children that neither finished nor stopped on failures, and how they ended
 
 
 def anchor_warmup(plan: TrialPlan) -> int:
@@ -69,15 +71,23 @@ def run_sweep(
     )
     artifact_store = FileSystemArtifactStore(_mkdir(artifact_dir(storage_url)))
     view.sweep_started(study, trials=trials, steps=plan.steps)
+    lost = []
     if workers > 1:
-        # A worker exits 1 when its trials kept failing (see cmd_lr).
-        stopped = run_worker_processes(study, argv=worker_argv, workers=workers, view=view, poll_every=1.0) == 1
+        codes = run_worker_processes(study, argv=worker_argv, workers=workers, view=view, poll_every=1.0)
+        stopped = 1 in codes  # a worker exits 1 when its trials kept failing (see cmd_lr)
+        lost = [f"worker {i} of {workers} {_how_it_ended(code)}" for i, code in enumerate(codes, 1) if code not in (0, 1)]
     else:
         stopped = run_trials(
             study, plan, trials=trials, timeout=timeout, view=view, liveness=liveness, artifact_store=artifact_store
         )
     plot = save_lr_plot(study, storage_url=storage_url, artifact_store=artifact_store)
-    return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped)
+    return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped, lost_workers=lost)
+
+
+def _how_it_ended(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
 
 
 def open_study(

@@ -182,9 +182,10 @@ class Budget:
         return not self.done and (self.waiting > 0 or self.finished + self.running < self.total)
 
 
-def run_worker_processes(study: optuna.Study, *, argv: list[str], workers: int, view, poll_every: float) -> int:
+def run_worker_processes(study: optuna.Study, *, argv: list[str], workers: int, view, poll_every: float) -> list[int]:
     """Start `workers` copies of this sweep (argv: `python -m sweep lr ...` for one worker), each with an equal share
-    of the cores, and show their combined progress from the storage until all exit; the worst exit code."""
+    of the cores, and show their combined progress from the storage until all exit; their exit codes, in order
+    (negative: killed by that signal)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     command = [sys.executable, "-m", "sweep", *argv, "--threads", str(threads), "--quiet"]
     procs = [
@@ -207,4 +208,4 @@ def run_worker_processes(study: optuna.Study, *, argv: list[str], workers: int, 
         for p in procs:  # let them mark their trials interrupted and exit
             p.wait()
     view.poll(study)
-    return max(p.returncode for p in procs)
+    return [p.returncode for p in procs]

@@ -5,11 +5,13 @@ subprocesses (one torch thread each, so that runs compare bit for bit), SIGKILL 
 polling the run folder and the storage, and read the study back with Optuna.
 """
 
+import os
 import random
 import re
 import signal
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import optuna
 import pytest
@@ -282,6 +284,29 @@ def test_sigterm_to_the_workers_parent_interrupts_its_workers_and_a_rerun_resume
     assert all(t.state == TrialState.COMPLETE for t in retries)
     resumed = [check_resumed(t, [trials[t.user_attrs["retry_of"]]], steps=steps, report=trials) for t in retries]
     assert any(resumed), "no retry resumed from its trial's checkpoint"
+
+
+def test_a_worker_killed_under_the_workers_parent_is_named_and_the_parent_exits_1(study_file, tmp_path):
+    """The OOM killer takes one of the workers: the other reaps its trial and retries it from its checkpoint, and the
+    parent, whose study still ends whole, says which worker died and how, and exits 1."""
+    steps, log = 400, tmp_path / "parent.log"
+    command = sweep_command(study_file, "store/sweep.log", "lost", "--trials", "3", "--ckpt-every", str(CKPT_EVERY),
+                            "--pruner", "none", "--workers", "2", "--heartbeat", "0.5", "--grace", "3", steps=steps)
+    parent = start(command, tmp_path, log)
+    runs = tmp_path / "runs" / "lost"
+    wait_until(lambda: len({p.parent for p in runs.glob("trial-*/step-*.pt")}) >= 2 or parent.poll() is not None,
+               timeout=60, what="a checkpoint in both workers' trials")
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+    assert len(children) == 2, children
+    os.kill(int(children[0]), signal.SIGKILL)
+
+    assert wait_exit(parent, timeout=120, log=log) == 1
+    assert re.search(r"worker [12] of 2 was killed by SIGKILL", tail(log)), tail(log)
+    trials = load_study(str(tmp_path / "store" / "sweep.log"), "lost").get_trials()
+    dead = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(dead) == 1 and DIED.match(dead[0].user_attrs["fail_reason"]), trials
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == dead[0].number]
+    assert retry.state == TrialState.COMPLETE
 
 
 # --- a worker paused past the grace -----------------------------------------------------------------------------------
