@@ -18,7 +18,8 @@ from train_core.errors import InputError
 
 DEFAULT_STORAGE = "sqlite:///runs/sweep.db"
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
-_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+# The password runs to the URL's last '@': a raw '@' inside it (unencoded) must not leave its tail in the clear.
+_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S*@", re.IGNORECASE)
 
 
 def mask(text: str) -> str:

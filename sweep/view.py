@@ -86,10 +86,14 @@ class PlainView(SweepView):
             )
 
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        seconds = time.perf_counter() - self.started.pop(trial.number, time.perf_counter())
+        started = self.started.pop(trial.number, None)
         value = f" val loss {trial.value:.4f}" if trial.state == TrialState.COMPLETE else ""  # a pruned value is train loss
         reason = f" ({trial_reason(trial)})" if trial_reason(trial) else ""
-        self.console.print(f"trial {trial.number} {trial.state.name}{value}{reason} in {seconds:.0f}s", highlight=False)
+        if "duplicate_of" in trial.user_attrs:
+            took = f", the result of trial {trial.user_attrs['duplicate_of']}"  # nothing trained
+        else:
+            took = f" in {time.perf_counter() - started:.0f}s" if started is not None else ""
+        self.console.print(f"trial {trial.number} {trial.state.name}{value}{reason}{took}", highlight=False)
 
 
 class LiveView(SweepView):

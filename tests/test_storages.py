@@ -108,6 +108,7 @@ def test_two_workers_on_postgres_share_the_budget_and_run_each_trial_once(study,
     [
         ("postgresql://user:s3cret@db:5432/sweeps", "postgresql://user:***@db:5432/sweeps"),
         ("postgresql+psycopg2://u:p%40ss@db/x", "postgresql+psycopg2://u:***@db/x"),
+        ("postgresql://u:p@ss@db/x", "postgresql://u:***@db/x"),  # a raw '@' in the password
         ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
         ("redis://default:s3cret@cache/1", "redis://default:***@cache/1"),
         ("MySQL://Root:S3cret@db/x", "MySQL://Root:***@db/x"),

@@ -11,6 +11,7 @@ import pytest
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 
+from sweep.cli import main
 from sweep.recipe import load_recipe
 from sweep_fixtures import ANCHOR_LR, STEPS, VOCAB, load, run_lr, study_values, write_study
 from train_core.model import GPT
@@ -127,6 +128,19 @@ def test_grid_sweep_does_not_train_the_anchor_point_twice(study, tmp_path):
     anchor = trials[twins[0].user_attrs["duplicate_of"]]
     assert anchor.user_attrs.get("anchor") and anchor.params == twins[0].params
     assert twins[0].value == anchor.value and "wall_s" in anchor.user_attrs
+
+
+def test_grid_sweep_without_trials_covers_the_grid_and_names_the_trial_it_reused(study, tmp_path, capsys):
+    storage = str(tmp_path / "sweep.log")
+    code = main(["lr", "--study", str(study), "--steps", str(STEPS), "--storage", storage, "--sampler", "grid",
+                 "--grid-points", "2", "--pruner", "none"])
+    assert code == 0
+    trials = load(storage).get_trials()
+    assert len(trials) == len(GRID) + 1  # 7: the study's own `trials: 4` would have cut the grid short
+    (twin,) = [t for t in trials if "duplicate_of" in t.user_attrs]
+    out = capsys.readouterr().out
+    line = f"trial {twin.number} COMPLETE val loss {twin.value:.4f}, the result of trial {twin.user_attrs['duplicate_of']}"
+    assert line in out and "-0s" not in out
 
 
 def test_gp_sampler_runs_past_its_random_start(study, tmp_path):
