@@ -77,7 +77,7 @@ def _steps_list(text: str) -> list[int]:
     return [_positive_int(part) for part in text.split(",")]
 
 
-def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+def _add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
     from sweep.components import PRUNERS, SAMPLERS
     from sweep.storage import DEFAULT_STORAGE
 
@@ -87,7 +87,7 @@ def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=_positive_float, help="stop starting new trials after this many seconds")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL or journal file (default {DEFAULT_STORAGE})")
     parser.add_argument("--study-name", help="default: <study>-<steps>")
-    parser.add_argument("--sampler", default="tpe", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
+    parser.add_argument("--sampler", default=sampler, help=f"one of {', '.join(SAMPLERS)} (default {sampler})")
     parser.add_argument("--pruner", default="median", help=f"one of {', '.join(PRUNERS)} (default median)")
     parser.add_argument("--grid-points", type=_positive_int, default=5, help="LR points of the grid sampler (default 5)")
     parser.add_argument("--lr-min", type=_positive_float, help="lowest peak LR (default: the study's, anchor/4)")
@@ -121,11 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--steps", type=_positive_int, default=300, help="optimizer steps per trial (default 300)")
     lr.add_argument("--lr-range", choices=("study", "auto"), default="study",
                     help="LR bounds from the study (default) or from an LR range test run first (auto)")
-    _add_sweep_flags(lr)
+    _add_sweep_flags(lr, sampler="tpe")
     hz = commands.add_parser("horizon", help="sweep at several horizons and extrapolate the best LR to max_steps")
     hz.add_argument("--steps", type=_steps_list, required=True, help="trial lengths, e.g. 100,300,1000")
     hz.add_argument("--max-steps", type=_positive_int, help="extrapolate to this run length (default: the recipe's max_steps)")
-    _add_sweep_flags(hz)
+    _add_sweep_flags(hz, sampler="grid")  # the same LRs at every horizon, each curve's bottom between neighbours
 
     rg = commands.add_parser("range", help="LR range test: one run with an exponentially growing LR")
     rg.add_argument("--study", default="default", help="study file, or a name from studies/")

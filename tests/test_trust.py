@@ -96,8 +96,12 @@ def test_wsd_horizons_branch_from_the_shorter_horizon_and_end_where_full_trials_
     assert all(t.value == from_zero[t.params["lr"]].value for t in finished)  # bitwise
 
 
-def test_horizon_says_when_fractional_warmups_differ_between_horizons(study, capsys):
-    assert main(["horizon", "--study", str(study), "--steps", "10,20", "--storage", "f.log", *GRID, "--warmup", "0.2"]) == 0
+def test_horizon_sweeps_a_grid_by_default_and_says_when_fractional_warmups_differ(study, capsys):
+    no_sampler = [arg for arg in GRID if arg not in ("--sampler", "grid")]
+    assert main(["horizon", "--study", str(study), "--steps", "10,20", "--storage", "f.log", *no_sampler,
+                 "--warmup", "0.2"]) == 0
     assert "note: the warmup choices are fractions" in capsys.readouterr().out
+    # GridSampler's own mark on every trial it proposed: all but the enqueued anchor.
+    assert sum("grid_id" in t.system_attrs for t in load("f.log", "tiny-10").trials) == 5
     assert {t.params["warmup"] for t in load("f.log", "tiny-10").trials} == {2}
     assert {t.params["warmup"] for t in load("f.log", "tiny-20").trials} == {4}
