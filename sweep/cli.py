@@ -312,8 +312,8 @@ def cmd_lr(args, console: Console) -> int:
     if outcome.stopped_by_failures:
         console.print("stopped: the last trials all failed; see fail_reason in the table above", highlight=False)
     for lost in outcome.lost_workers:
-        # Its running trial was reaped and retried by the others (or is, by the next run of this command).
-        console.print(f"{lost}: its trial is retried from its checkpoint", highlight=False)
+        console.print(f"{lost}; a trial it left running is retried from its checkpoint by the other workers or by the "
+                      "next run of this command", highlight=False)
     return 1 if outcome.stopped_by_failures or outcome.lost_workers else 0
 
 
@@ -500,13 +500,11 @@ def cmd_promote(args, console: Console) -> int:
     if args.lr_from == "horizon":
         fits = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
         fit = fits.get(f"{recipe.name}-horizon")
-        if fit is None or "extrapolated_lr" not in fit.user_attrs:
+        if fit is None or "law" not in fit.user_attrs:
             raise InputError(f"no horizon fit for {recipe.name} in this storage: run `python -m sweep horizon --steps 100,300` first")
-        if "law" not in fit.user_attrs:
-            raise InputError(f"the horizon fit of {recipe.name} predates this version: run `python -m sweep horizon` again")
         law, steps = PowerLaw(**fit.user_attrs["law"]), args.max_steps or recipe.train.schedule.max_steps
-        lr = law.predict(steps * recipe.train.batch.total_batch_size)
-        band = law.uncertainty_factor(steps * recipe.train.batch.total_batch_size)
+        tokens = steps * recipe.train.batch.total_batch_size
+        lr, band = law.predict(tokens), law.uncertainty_factor(tokens)
         console.print(f"peak lr extrapolated by `sweep horizon` to {steps} steps: {lr:.3g}"
                       + (f" (x/÷ {band:.2f})" if math.isfinite(band) else ""), highlight=False)
     plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs_root=Path("runs"), lr=lr)

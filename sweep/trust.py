@@ -210,8 +210,7 @@ def save_horizon_plot(fit: HorizonFit, path: Path) -> Path:
                    color="grey", label="at the edge of the range (not fitted)")
     target = fit.target_steps * fit.tokens_per_step
     line = np.geomspace(min(tokens), target, 50)
-    coefficient = fit.lr / target**fit.exponent
-    ax.plot(line, coefficient * line**fit.exponent, "--", label=f"fit: lr ∝ tokens^{fit.exponent:.2f}")
+    ax.plot(line, fit.law.predict(line), "--", label=f"fit: lr ∝ tokens^{fit.exponent:.2f}")
     ax.errorbar([target], [fit.lr], yerr=[[fit.lr - fit.lr / fit.factor], [fit.lr * fit.factor - fit.lr]]
                 if math.isfinite(fit.factor) else None, fmt="s", color="red", label=f"{fit.target_steps} steps: {fit.lr:.3g}")
     ax.set_xscale("log")
