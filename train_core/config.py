@@ -162,6 +162,13 @@ class TrainConfig:
             _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "a positive integer")
         _check(m.n_embd % m.n_head == 0, "model.n_embd", m.n_embd, f"a multiple of model.n_head={m.n_head}")
         _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)")
+        # --- μP ---
+        if m.parametrization == "mup":
+            _check(m.mup_base_width >= 1, "model.mup_base_width", m.mup_base_width, "a positive width (the proxy's n_embd)")
+        else:
+            _check(m.mup_base_width is None, "model.mup_base_width", m.mup_base_width, "unset unless model.parametrization is mup")
+        for key in ("mup_input_alpha", "mup_output_alpha"):
+            _check(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
         if self.peak_flops is not None:
             _check(self.peak_flops > 0, "peak_flops", self.peak_flops, "> 0 FLOP/s, or null to measure")
         self.grad_accum_steps(world_size=1)

@@ -4,10 +4,18 @@ Token + position embeddings, pre-LayerNorm blocks of causal self-attention and a
 and an output projection tied to the token embedding. The loss is computed by `chunked_cross_entropy`, which
 never materialises the full (tokens x vocab) logits tensor: on a small model that tensor is most of the memory
 traffic of a training step.
+
+`parametrization: mup` switches to the maximal update parametrization for Adam (Tensor Programs V; nanoGPT-mup's
+table), with width multiplier m = n_embd / mup_base_width and the head count fixed (the head size grows with width):
+hidden-weight init variance σ²/m and Adam LR η/m (`optimizer_groups`), attention logits scaled by 1/d_head instead of
+1/√d_head (the constant folded so it is exactly 1/√d_head at the base width), output logits multiplied by α_out/m
+(still tied to the embedding), embedding init and LR as SP with the input multiplied by α_in. At m = 1 with both
+alphas 1 it computes exactly what SP computes. Every μP change is marked `# --- μP ---`.
 """
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -24,10 +32,25 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
     pad_vocab_to: int = 64  # embedding rows are padded to a multiple of this for faster matmuls
+    # --- μP ---
+    parametrization: Literal["sp", "mup"] = "sp"  # sp: GPT-2 as published; mup: maximal update parametrization
+    mup_base_width: int | None = None  # the width at which μP equals SP; None: this config's n_embd (the proxy's)
+    mup_input_alpha: float = 1.0  # μP: embedding output multiplied by this
+    mup_output_alpha: float = 1.0  # μP: logits multiplied by this / width multiplier
+
+    def __post_init__(self):
+        # Resolved here, so a wider copy (dataclasses.replace(config, n_embd=...)) keeps the proxy's base width.
+        if self.parametrization == "mup" and self.mup_base_width is None:
+            self.mup_base_width = self.n_embd
 
     @property
     def padded_vocab_size(self) -> int:
         return math.ceil(self.vocab_size / self.pad_vocab_to) * self.pad_vocab_to
+
+    @property
+    def width_multiplier(self) -> float:
+        """μP's m = n_embd / mup_base_width; 1 under SP."""
+        return self.n_embd / self.mup_base_width if self.parametrization == "mup" else 1.0
 
 
 class CausalSelfAttention(nn.Module):
@@ -35,6 +58,10 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.dropout = config.dropout
+        # --- μP --- 1/d_head instead of 1/sqrt(d_head), equal to it at the base width: sqrt(d_head_base) / d_head.
+        # SP passes None, PyTorch's own 1/sqrt(d_head), so SP stays bit for bit what it was.
+        d_head = config.n_embd // config.n_head
+        self.scale = None if config.parametrization == "sp" else 1 / math.sqrt(d_head * config.width_multiplier)
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True
@@ -47,7 +74,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True, scale=self.scale
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -97,7 +124,7 @@ class GPT(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            std = 0.02
+            std = 0.02 / math.sqrt(self.config.width_multiplier)  # --- μP --- hidden weights: variance σ²/m
             if getattr(module, "residual_projection", False):
                 std /= math.sqrt(2 * self.config.n_layer)  # GPT-2: residual streams add up over 2 per layer
             torch.nn.init.normal_(module.weight, mean=0.0, std=std)
@@ -105,6 +132,33 @@ class GPT(nn.Module):
                 torch.nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # --- μP ---
+    def optimizer_groups(self, *, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups, each with the `lr_multiplier` the LR schedule is multiplied by.
+
+        Weight decay applies to >=2-D weights only (matmuls, embeddings), not to biases and LayerNorms. Under μP the
+        hidden (block) matrices train at lr/m, and their weight decay is multiplied by m: AdamW decays by lr x
+        weight_decay per step, so the decay per step stays what SP applies at every width (microsoft/mup's MuAdamW
+        does the same unless told its decay is decoupled from the LR).
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        matrices = [p for p in params if p.dim() >= 2]
+        vectors = [p for p in params if p.dim() < 2]
+        if self.config.parametrization == "sp":
+            return [
+                {"params": matrices, "weight_decay": weight_decay, "lr_multiplier": 1.0},
+                {"params": vectors, "weight_decay": 0.0, "lr_multiplier": 1.0},
+            ]
+        m = self.config.width_multiplier
+        hidden = [p for p in self.transformer.h.parameters() if p.requires_grad and p.dim() >= 2]
+        hidden_ids = {id(p) for p in hidden}
+        embeddings = [p for p in matrices if id(p) not in hidden_ids]
+        return [
+            {"params": hidden, "weight_decay": weight_decay * m, "lr_multiplier": 1 / m},
+            {"params": embeddings, "weight_decay": weight_decay, "lr_multiplier": 1.0},
+            {"params": vectors, "weight_decay": 0.0, "lr_multiplier": 1.0},
+        ]
 
     def num_params(self, *, non_embedding: bool = True) -> int:
         """Parameter count; by default without the position embedding (nanoGPT's convention for FLOPs)."""
@@ -125,6 +179,8 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        if self.config.parametrization == "mup":
+            x = x * self.config.mup_input_alpha  # --- μP --- input multiplier α_in
         for block in self.transformer.h:
             x = block(x)
         return self.transformer.ln_f(x)
@@ -132,6 +188,9 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of predicting targets (B, T) from idx (B, T)."""
         h = self.hidden_states(idx)
+        if self.config.parametrization == "mup":
+            # --- μP --- logits x α_out/m, applied to the hidden state: the same product, and the tied weight untouched
+            h = h * (self.config.mup_output_alpha / self.config.width_multiplier)
         return chunked_cross_entropy(h.view(-1, h.size(-1)), self.transformer.wte.weight, targets.view(-1))
 
 

@@ -28,7 +28,7 @@ from train_core.checkpoint import CheckpointManager
 from train_core.config import DataConfig, ScheduleConfig, TrainConfig
 from train_core.data import TokenData, ensure_corpus
 from train_core.errors import InputError
-from train_core.model import GPT
+from train_core.model import GPT, GPTConfig
 
 # Sections of the config that change the numbers a run produces; a checkpoint only resumes a run that agrees on them.
 RESUME_SECTIONS = ("model", "data", "batch", "schedule", "optimizer", "seed")
@@ -103,13 +103,9 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on >=2-D weights (matmuls, embeddings) and none on biases and LayerNorms."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.optimizer.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+def make_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the model's parameter groups (weight decay on >=2-D weights only; μP's per-group LR multipliers)."""
+    groups = model.optimizer_groups(weight_decay=config.optimizer.weight_decay)
     fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(
         groups,
@@ -223,7 +219,7 @@ def _train(
         t0 = time.perf_counter()
         lr = sched.lr(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_multiplier"]  # --- μP --- hidden matrices train at lr/m; 1 elsewhere
         loss_sum = torch.zeros((), device=device)
         for micro_step in range(grad_accum):
             # Draw by the step's global micro-batch index, so that the step's batch is the same sequences whatever
@@ -317,6 +313,7 @@ def check_resumable(saved: dict, config: TrainConfig, out_dir: Path, *, step: in
     A checkpoint taken after `step` steps also belongs to a run whose schedule differs only from that step on (a longer
     WSD run branching off a shorter one's stable phase): this run would have reached the very same state there.
     """
+    check_same_parametrization(saved["model"], config.model, where=f"the checkpoint in {out_dir}")
     current = config.to_dict()
     for section in RESUME_SECTIONS:
         same = saved.get(section) == current[section]
@@ -327,6 +324,19 @@ def check_resumable(saved: dict, config: TrainConfig, out_dir: Path, *, step: in
                 f"the checkpoint in {out_dir} was written with a different {section} "
                 f"({saved.get(section)!r} vs now {current[section]!r}); use another output folder or move that one away"
             )
+
+
+def check_same_parametrization(saved_model: dict, model: GPTConfig, *, where: str) -> None:
+    """--- μP --- Weights and LRs of one parametrization mean something else under another: refuse the mix by name."""
+    saved = parametrization_name(saved_model.get("parametrization", "sp"), saved_model.get("mup_base_width"))
+    now = parametrization_name(model.parametrization, model.mup_base_width)
+    if saved != now:
+        raise InputError(f"{where} was trained under {saved}, but this run is {now}; use the same model.parametrization "
+                         "and model.mup_base_width, or another output folder")
+
+
+def parametrization_name(parametrization: str, base_width: int | None) -> str:
+    return "SP" if parametrization == "sp" else f"μP with base width {base_width}"
 
 
 def _same_lrs(a: ScheduleConfig, b: ScheduleConfig, *, steps: int) -> bool:
