@@ -2,6 +2,7 @@
 counters, and preparing text is deterministic and atomic."""
 
 import json
+import os
 import zlib
 
 import numpy as np
@@ -13,6 +14,7 @@ from train_core.data import (
     EMBEDDED_CORPORA,
     SourceTree,
     TokenData,
+    TrainBatches,
     ensure_corpus,
     prepare,
     write_llmc_shard,
@@ -183,6 +185,77 @@ def test_val_batches_depend_only_on_their_index(tmp_path):
     assert not any(torch.equal(a[0], t) for t in train_batches)
 
 
+# --- opening at scale: the id check recorded beside the file, one open per process ------------------------------
+
+
+def _sidecar(path):
+    return path.with_name(f".{path.name}.max-token-id.json")
+
+
+def _fresh_process():
+    """Forget this process's opened data, as a new worker process would start."""
+    data._OPENED.clear()
+
+
+def test_the_id_check_is_recorded_beside_the_file_and_trusted_while_the_file_is_unchanged(tmp_path):
+    path = tmp_path / "s.bin"
+    write_llmc_shard(path, [5, 300, 7], version=1)
+    _open(path)
+    assert json.loads(_sidecar(path).read_text())["max_token_id"] == 300
+    recorded = json.loads(_sidecar(path).read_text())
+    _sidecar(path).write_text(json.dumps(recorded | {"max_token_id": 60000}))  # the sidecar, not the file, answers
+    _fresh_process()
+    with pytest.raises(InputError, match="holds token id 60000"):
+        _open(path)
+
+
+def test_a_changed_file_is_checked_again(tmp_path):
+    path = tmp_path / "t.bin"
+    write_nanogpt_bin(path, [1, 2, 3, 4])
+    _open(path)
+    write_nanogpt_bin(path, [1, 2, 50257, 4])  # same size, new content
+    _fresh_process()
+    with pytest.raises(InputError, match="holds token id 50257"):
+        _open(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_still_opens(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    write_nanogpt_bin(folder / "t.bin", [1, 2, 3, 4])
+    folder.chmod(0o555)
+    try:
+        assert _open(folder / "t.bin").num_tokens == 4
+        assert not _sidecar(folder / "t.bin").exists()
+    finally:
+        folder.chmod(0o755)
+
+
+def test_data_is_opened_once_per_process_until_its_files_change(tmp_path):
+    path = tmp_path / "t.bin"
+    write_nanogpt_bin(path, [1, 2, 3, 4])
+    first = _open(path)
+    assert _open(path) is first
+    assert _open(path, vocab_size=100) is not first  # another vocabulary is another check
+    write_nanogpt_bin(path, [1, 2, 3, 4, 5, 6])
+    assert _open(path).num_tokens == 6
+
+
+def test_train_batches_with_prefetch_are_the_batches_drawn_directly(tmp_path):
+    write_nanogpt_bin(tmp_path / "t.bin", np.arange(5000) % 50257)
+    tokens = _open(tmp_path / "t.bin")
+    shape = {"batch_size": 3, "block_size": 8}
+    batches = TrainBatches(tokens, device=torch.device("cpu"), prefetch=True, seed=4, grad_accum=2, rank=1, **shape)
+    for step in range(2):
+        for micro_step in range(2):
+            x, y = batches.get(step=step, micro_step=micro_step)
+            batches.prefetch_after(step=step, micro_step=micro_step)
+            # rank 1 of a grad_accum-2 run draws the step's global micro-batches 2 and 3
+            want_x, want_y = tokens.get_batch(seed=4, step=step, micro_step=2 + micro_step, rank=0, **shape)
+            assert torch.equal(x, want_x) and torch.equal(y, want_y)
+
+
 # --- preparing text ---------------------------------------------------------------------------------------------
 
 
@@ -240,6 +313,30 @@ def test_val_is_never_empty(tmp_path):
     meta = prepare([tmp_path / "in"], tmp_path / "out", val_fraction=0.0, progress=False)
     assert (meta["train_documents"], meta["val_documents"], meta["val_fallback"]) == (2, 1, "c.txt")
     assert gpt2_encoding().decode(_documents(tmp_path / "out" / "val.bin")[0].tolist()) == "text of c.txt"
+
+
+def test_one_text_file_is_split_by_position(tmp_path):
+    (tmp_path / "input.txt").write_text("Hello world")
+    meta = prepare([tmp_path / "input.txt"], tmp_path / "out", progress=False)
+    train, val = (np.fromfile(tmp_path / "out" / name, dtype="<u2").tolist() for name in ("train.bin", "val.bin"))
+    assert (train, val) == ([EOT_TOKEN, 15496], [995])  # GPT-2 ids of "Hello world"; the last token is val
+    assert meta["split"].startswith("one document, split by position")
+
+
+def test_one_long_text_file_puts_its_last_val_fraction_in_val(tmp_path):
+    (tmp_path / "input.txt").write_text(" ".join(f"word{i}" for i in range(2000)))
+    prepare([tmp_path / "input.txt"], tmp_path / "out", val_fraction=0.1, progress=False)
+    train, val = (np.fromfile(tmp_path / "out" / name, dtype="<u2") for name in ("train.bin", "val.bin"))
+    whole = np.array([EOT_TOKEN, *gpt2_encoding().encode_ordinary((tmp_path / "input.txt").read_text())])
+    assert np.array_equal(np.concatenate([train, val]), whole)
+    assert len(val) == int(np.ceil(0.1 * len(whole)))
+
+
+def test_one_file_too_short_to_split_is_refused(tmp_path):
+    (tmp_path / "input.txt").write_text("Hi")
+    with pytest.raises(InputError, match="input.txt holds 1 token"):
+        prepare([tmp_path / "input.txt"], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "train.bin").exists()
 
 
 def test_prepared_files_open_as_token_data(text_folder, tmp_path):

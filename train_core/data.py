@@ -20,7 +20,9 @@ seed is scored on the same tokens.
 
 import fnmatch
 import glob
+import itertools
 import json
+import math
 import os
 import platform
 import sysconfig
@@ -54,7 +56,7 @@ NANOGPT_DTYPE = np.dtype("<u2")
 # Entropy word that keys the validation stream: val batch i comes from default_rng([VAL_STREAM, i]). It is drawn
 # from the val file, never the train file, so a training seed equal to it would still see different tokens.
 VAL_STREAM = 0x56414C  # "VAL"
-_VALIDATE_CHUNK = 1 << 24  # tokens per np.max when checking ids at open: 32-64 MB at a time, RAM stays flat
+_VALIDATE_CHUNK = 1 << 24  # tokens read per np.max when checking ids: 32-64 MB at a time, RAM stays flat
 _ENCODE_CHUNK_BYTES = 1 << 22  # text encoded per batch while preparing: bounds memory, keeps the bar moving
 _PROGRESS_MIN_BYTES = 1 << 23  # show a progress bar only on inputs this big; small ones finish before it draws
 
@@ -151,13 +153,63 @@ def _open_llmc(path: Path, size: int) -> np.memmap:
     return np.memmap(path, dtype=dtype, mode="r", offset=LLMC_HEADER_BYTES, shape=(num_tokens,))
 
 
-def _check_vocab(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
-    for start in range(0, len(tokens), _VALIDATE_CHUNK):
-        largest = int(np.max(tokens[start:start + _VALIDATE_CHUNK]))
-        if largest >= vocab_size:
-            raise InputError(f"{path} holds token id {largest}, but the vocabulary has {vocab_size} ids "
-                             f"(0..{vocab_size - 1}): the data was tokenized for another vocabulary; re-prepare "
-                             f"it or set the model's vocab_size to at least {largest + 1}")
+def _check_vocab(path: Path, tokens: np.memmap, vocab_size: int) -> None:
+    largest = max_token_id(path, tokens)
+    if largest >= vocab_size:
+        raise InputError(f"{path} holds token id {largest}, but the vocabulary has {vocab_size} ids "
+                         f"(0..{vocab_size - 1}): the data was tokenized for another vocabulary; re-prepare "
+                         f"it or set the model's vocab_size to at least {largest + 1}")
+
+
+def max_token_id(path: Path, tokens: np.memmap) -> int:
+    """The largest token id in the file `tokens` maps, read from its sidecar while the file's size and mtime match
+    what the sidecar recorded (and its inode); otherwise read from the file (RAM stays flat) and recorded in the sidecar.
+
+    Scanning every id costs a full read of the data (~20 GB for GPT-2 124M's FineWeb shards) and every trial of every
+    worker opens the data, so the answer is kept next to the file, in `.NAME.max-token-id.json`. A file that changed
+    (another size or mtime) is scanned again.
+    """
+    sidecar = path.with_name(f".{path.name}.max-token-id.json")
+    key = _identity(path.stat())
+    try:
+        recorded = json.loads(sidecar.read_text())
+        if {k: recorded.get(k) for k in key} == key:
+            return int(recorded["max_token_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no sidecar yet, or an unreadable one: scan
+    largest = _scan_max(path, offset=tokens.offset, dtype=tokens.dtype, count=len(tokens))
+    try:
+        _write_atomic(sidecar, json.dumps(key | {"max_token_id": largest}).encode() + b"\n")
+    except OSError:
+        pass  # a read-only data folder: correct, only slower (the next open scans again)
+    return largest
+
+
+def _identity(stat: os.stat_result) -> dict:
+    """What tells a changed file: its size, mtime and inode (an atomic rewrite within one mtime tick is a new inode)."""
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+
+
+def _scan_max(path: Path, *, offset: int, dtype: np.dtype, count: int) -> int:
+    # Plain reads into one reused buffer rather than np.max over the memmap: mapped pages that were touched stay in
+    # this process's RSS, so scanning 2 GB of shards through the map would grow it by 2 GB.
+    largest = 0
+    buffer = np.empty(min(count, _VALIDATE_CHUNK), dtype=dtype)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        remaining = count
+        while remaining:
+            chunk = buffer[:min(remaining, len(buffer))]
+            got = f.readinto(memoryview(chunk).cast("B")) // dtype.itemsize
+            if got == 0:
+                raise InputError(f"{path} ended early while reading its tokens: regenerate it")
+            largest = max(largest, int(chunk[:got].max()))
+            remaining -= got
+    return largest
+
+
+# (pattern, vocab_size) -> (the files it matched with their sizes and mtimes, the TokenData): see TokenData.open
+_OPENED: dict[tuple[str, int], tuple[tuple, "TokenData"]] = {}
 
 
 class TokenData:
@@ -173,15 +225,26 @@ class TokenData:
 
     @classmethod
     def open(cls, pattern: str | Path, *, vocab_size: int) -> "TokenData":
-        """Open a file or a glob of shards (sorted by name); every token id is checked to be < vocab_size."""
+        """Open a file or a glob of shards (sorted by name); every token id is checked to be < vocab_size.
+
+        Opened once per process: opening the same pattern again returns the same object while the files matched and
+        their sizes and mtimes are unchanged (every trial of a worker opens the data; mapping the shards again and
+        reading their checks costs each trial time for nothing).
+        """
         paths = sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file())
         if not paths:
             raise InputError(f"no token files match {str(pattern)!r}; expected a nanoGPT .bin file or a glob of "
                              "llm.c shards (e.g. 'data/fineweb10B/*_train_*.bin'): check the path or prepare the data")
+        key = (str(pattern), vocab_size)
+        files = tuple((str(p.resolve()), *_identity(p.stat()).values()) for p in paths)
+        if (opened := _OPENED.get(key)) is not None and opened[0] == files:
+            return opened[1]
         shards = [open_tokens(p) for p in paths]
         for path, tokens in zip(paths, shards):
             _check_vocab(path, tokens, vocab_size)
-        return cls(paths, shards)
+        data = cls(paths, shards)
+        _OPENED[key] = (files, data)
+        return data
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -229,6 +292,58 @@ class TokenData:
 
     def _describe(self) -> str:
         return str(self._paths[0]) if len(self._paths) == 1 else f"{len(self._paths)} files ({self._paths[0]}, ...)"
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on `device`. On CUDA through pinned host memory with non_blocking copies, so that the copy runs while
+    the GPU works on what was queued before it; elsewhere a plain copy."""
+    if device.type != "cuda":
+        return x.to(device), y.to(device)
+    return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+
+
+class TrainBatches:
+    """A process's training batches in step order, on its device; `get` hands one out, `prefetch_after` draws the next.
+
+    With `prefetch` (the trainer sets it on CUDA) the trainer calls `prefetch_after` once the micro-step's forward is
+    queued: the next batch is drawn and its copy started while the GPU runs the step (nanoGPT's get_batch). On a CPU
+    there is no parallel work to hide it behind. Either way a batch is a pure function of its counters, so
+    prefetching changes no number.
+    """
+
+    def __init__(self, data: TokenData, *, device: torch.device, prefetch: bool, seed: int, grad_accum: int,
+                 rank: int, batch_size: int, block_size: int):
+        self._data = data
+        self._device = device
+        self._prefetch = prefetch
+        self._seed = seed
+        self._grad_accum = grad_accum
+        self._rank = rank
+        self._shape = {"batch_size": batch_size, "block_size": block_size}
+        self._ahead: tuple[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def get(self, *, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Micro-batch `micro_step` (of this process's grad_accum) of optimizer step `step`, on the device."""
+        if self._ahead is not None and self._ahead[0] == (step, micro_step):
+            batch = self._ahead[1]
+        else:
+            batch = self._load(step, micro_step)
+        self._ahead = None
+        return batch
+
+    def prefetch_after(self, *, step: int, micro_step: int) -> None:
+        """With prefetch, draw the micro-batch that follows (step, micro_step) and start its copy to the device."""
+        if not self._prefetch:
+            return
+        following = (step, micro_step + 1) if micro_step + 1 < self._grad_accum else (step + 1, 0)
+        self._ahead = (following, self._load(*following))
+
+    def _load(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Drawn by the step's global micro-batch index, so that the step's batch is the same sequences whatever the
+        # number of processes (and a torchrun run follows the single-process run's loss curve).
+        x, y = self._data.get_batch(seed=self._seed, step=step, micro_step=self._rank * self._grad_accum + micro_step,
+                                    rank=0, **self._shape)
+        return to_device(x, y, self._device)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -350,7 +465,7 @@ def prepare_documents(docs: Sequence[Document], out_dir: str | Path, *, val_frac
     """Tokenize documents into out_dir/train.bin, val.bin (nanoGPT uint16) and meta.json; returns the meta.
 
     A document goes to val when crc32(name) % 1000 < val_fraction * 1000; if none does, the last one does, so val is
-    never empty. Each file is written under a temporary name and renamed; meta.json comes last, so a folder counts
+    never empty. A single document is split by position: its last val_fraction of tokens go to val. Each file is written under a temporary name and renamed; meta.json comes last, so a folder counts
     as prepared only once it is complete. Same documents, same bytes. `sources` and `meta_fields` are recorded in
     meta.json as given.
     """
@@ -368,7 +483,7 @@ def prepare_documents(docs: Sequence[Document], out_dir: str | Path, *, val_frac
     )
     try:
         with bar:
-            fallback = _write_splits(_encoded(docs, bar, total_bytes), train, val, val_fraction)
+            split_rule, fallback = _write_splits(_encoded(docs, bar, total_bytes), train, val, val_fraction)
         if train.documents + val.documents == 0:
             raise InputError(f"no text documents in {list(sources)}: expected non-empty UTF-8 text files")
         if train.documents == 0:
@@ -389,7 +504,7 @@ def prepare_documents(docs: Sequence[Document], out_dir: str | Path, *, val_frac
         "train_documents": train.documents,
         "val_documents": val.documents,
         "sources": list(sources),
-        "split": f"a document goes to val when crc32(relative path) % 1000 < {round(val_fraction * 1000)}",
+        "split": split_rule,
         "val_fallback": fallback,
         **meta_fields,
     }
@@ -398,10 +513,22 @@ def prepare_documents(docs: Sequence[Document], out_dir: str | Path, *, val_frac
 
 
 def _write_splits(encoded: Iterator[tuple[str, np.ndarray]], train: _SplitWriter, val: _SplitWriter,
-                  val_fraction: float) -> str | None:
-    """Route documents to their split; returns the name of the document moved to val when none fell there."""
+                  val_fraction: float) -> tuple[str, str | None]:
+    """Route documents to their split; returns the rule that split them (for meta.json) and the name of the document
+    moved to val when none fell there.
+
+    A single document (nanoGPT's one `input.txt`) is split by position instead: its last val_fraction of tokens (at
+    least one) go to val, as nanoGPT's prepare scripts do.
+    """
+    by_name = f"a document goes to val when crc32(relative path) % 1000 < {round(val_fraction * 1000)}"
+    encoded = iter(encoded)
+    first, second = next(encoded, None), next(encoded, None)
+    if first is None:
+        return by_name, None
+    if second is None:
+        return _split_by_position(*first, train, val, val_fraction), None
     held: tuple[str, np.ndarray] | None = None  # the latest train document, written one late: it may be the fallback
-    for name, tokens in encoded:
+    for name, tokens in itertools.chain([first, second], encoded):
         if _is_val(name, val_fraction):
             val.write(tokens)
             continue
@@ -409,12 +536,22 @@ def _write_splits(encoded: Iterator[tuple[str, np.ndarray]], train: _SplitWriter
             train.write(held[1])
         held = (name, tokens)
     if held is None:
-        return None
+        return by_name, None
     if val.documents == 0:
         val.write(held[1])
-        return held[0]
+        return by_name, held[0]
     train.write(held[1])
-    return None
+    return by_name, None
+
+
+def _split_by_position(name: str, tokens: np.ndarray, train: _SplitWriter, val: _SplitWriter,
+                       val_fraction: float) -> str:
+    if len(tokens) < 3:  # EOT and at least one token on each side
+        raise InputError(f"{name} holds {len(tokens) - 1} token(s): too little text to split into train and val")
+    cut = len(tokens) - max(1, math.ceil(val_fraction * len(tokens)))
+    train.write(tokens[:cut])
+    val.write(tokens[cut:])
+    return f"one document, split by position: its last {len(tokens) - cut:,} of {len(tokens):,} tokens are val"
 
 
 def prepare(sources: Sequence[str | Path], out_dir: str | Path, *, val_fraction: float = 0.05,

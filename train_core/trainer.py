@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train_core.checkpoint import CheckpointManager
 from train_core.config import DataConfig, ScheduleConfig, TrainConfig
-from train_core.data import TokenData, ensure_corpus
+from train_core.data import TokenData, TrainBatches, ensure_corpus, to_device
 from train_core.errors import InputError
 from train_core.model import GPT, GPTConfig
 
@@ -192,8 +192,8 @@ def _train(
         total = torch.zeros((), device=device)
         with torch.no_grad(), autocast():
             for index in range(rank, config.eval.iters, world_size):
-                x, y = val_data.val_batch(index, batch_size=B, block_size=T)
-                total += model(x.to(device), y.to(device))
+                x, y = to_device(*val_data.val_batch(index, batch_size=B, block_size=T), device)
+                total += model(x, y)
         model.train()
         if world_size > 1:
             dist.all_reduce(total)
@@ -212,6 +212,8 @@ def _train(
             "rng": rng,
         }
 
+    batches = TrainBatches(train_data, device=device, prefetch=device.type == "cuda", seed=config.seed,
+                           grad_accum=grad_accum, rank=rank, batch_size=B, block_size=T)
     status, losses, train_seconds, val_loss = "completed", [], 0.0, None
     metrics = None
     step = start_step
@@ -222,17 +224,12 @@ def _train(
             group["lr"] = lr * group["lr_multiplier"]  # --- μP --- hidden matrices train at lr/m; 1 elsewhere
         loss_sum = torch.zeros((), device=device)
         for micro_step in range(grad_accum):
-            # Draw by the step's global micro-batch index, so that the step's batch is the same sequences whatever
-            # the number of processes (and a torchrun run follows the single-process run's loss curve).
-            x, y = train_data.get_batch(
-                seed=config.seed, step=step, micro_step=rank * grad_accum + micro_step, rank=0, batch_size=B,
-                block_size=T,
-            )
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = batches.get(step=step, micro_step=micro_step)
             # Under DDP, average gradients across processes only on the last micro-step.
             sync = world_size == 1 or micro_step == grad_accum - 1
             with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
                 loss = model(x, y) / grad_accum
+            batches.prefetch_after(step=step, micro_step=micro_step)  # CUDA: while the GPU runs this forward
             loss.backward()
             loss_sum += loss.detach()
         if world_size > 1:
