@@ -19,6 +19,7 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
+from sweep.stability import GUARD_RULES
 from train_core.errors import InputError
 from train_core.trainer import open_data
 
@@ -89,6 +90,9 @@ def _add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
     parser.add_argument("--study-name", help="default: <study>-<steps>")
     parser.add_argument("--sampler", default=sampler, help=f"one of {', '.join(SAMPLERS)} (default {sampler})")
     parser.add_argument("--pruner", default="median", help=f"one of {', '.join(PRUNERS)} (default median)")
+    parser.add_argument("--guard", choices=GUARD_RULES, default="all",
+                        help="stability rules that stop a trial: all (default), or nonfinite only, which keeps "
+                        "every curve complete for `sweep audit`")
     parser.add_argument("--grid-points", type=_positive_int, default=5, help="LR points of the grid sampler (default 5)")
     parser.add_argument("--lr-min", type=_positive_float, help="lowest peak LR (default: the study's, anchor/4)")
     parser.add_argument("--lr-max", type=_positive_float, help="highest peak LR (default: the study's, anchor*4)")
@@ -253,6 +257,7 @@ def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | No
         runs_dir=Path("runs") / _study_name(args, recipe, steps),
         checkpoint_every=args.ckpt_every,
         branches=BranchStore(Path("runs") / f"{recipe.name}-branches") if args.schedule == "wsd" else None,
+        guard_rules=args.guard,
     )
 
 

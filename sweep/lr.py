@@ -139,6 +139,8 @@ def open_study(
         study.set_user_attr("recipe_digest", plan.recipe.digest)
         study.set_user_attr("anchor_lr", plan.recipe.search.anchor_lr)
         study.set_user_attr("anchor_source", plan.recipe.search.anchor_source)
+        study.set_user_attr("pruner", plan.pruner_name)
+        study.set_user_attr("guard_rules", plan.guard_rules)
         study.enqueue_trial(
             {"lr": plan.recipe.search.anchor_lr, "warmup": anchor_warmup(plan)},
             user_attrs={"anchor": True},

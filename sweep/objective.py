@@ -21,7 +21,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from sweep.branches import BranchStore
 from sweep.components import pruning_start
 from sweep.recipe import Recipe, Warmup
-from sweep.stability import StabilityGuard
+from sweep.stability import StabilityGuard, recovery_window
 from sweep.view import SweepView
 from sweep.workers import Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root
 from train_core.config import TrainConfig
@@ -45,6 +45,7 @@ class TrialPlan:
     runs_dir: Path  # trial folders go to runs_dir/trial-N (checkpoints while running, the loss curve after)
     checkpoint_every: int
     branches: BranchStore | None = None  # wsd: trials start from a shorter trial's stable phase when one is stored
+    guard_rules: Literal["all", "nonfinite"] = "all"  # nonfinite: complete curves for `sweep audit`
 
     def space(self) -> dict:
         """The search space as plain values; a study keeps it and refuses to continue with another one."""
@@ -124,7 +125,12 @@ class Objective:
             shutil.rmtree(out_dir, ignore_errors=True)
             if plan.branches is not None and (branched_at := plan.branches.take(config, out_dir)) is not None:
                 trial.set_user_attr("branched_from_step", branched_at)
-        guard = StabilityGuard(initial_loss=math.log(config.model.vocab_size), warmup_steps=warmup)
+        guard = StabilityGuard(
+            initial_loss=math.log(config.model.vocab_size),
+            warmup_steps=warmup,
+            rules=plan.guard_rules,
+            recovery_steps=recovery_window(steps=plan.steps),
+        )
         curve: list[dict] = []
         outcome: dict[str, str] = {}
 
