@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from sweep.stability import GUARD_RULES
+from sweep.width import width_list
 from train_core.errors import InputError
 from train_core.trainer import open_data
 
@@ -164,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--force", action="store_true", help="promote even if the recipe changed since the sweep")
     pr.add_argument("--lr-from", choices=("trial", "horizon"), default="trial",
                     help="peak LR of the trial (default) or extrapolated to max_steps by `sweep horizon`")
+
+    cc = commands.add_parser("coord-check", help="μP's coordinate check: activation scales vs width under SP and μP")
+    cc.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
+    cc.add_argument("--widths", type=width_list, default=[64, 128, 256, 512], help="widths to train (default 64,128,256,512)")
+    cc.add_argument("--steps", type=_positive_int, default=10, help="steps at the recipe's peak LR (default 10)")
+    cc.add_argument("--out", type=Path, help="plot file (default runs/<study>-coord-check.png)")
 
     st = commands.add_parser("status", help="studies in a storage, or one study's trials and promoted runs")
     st.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
@@ -522,6 +529,22 @@ def cmd_promote(args, console: Console) -> int:
     return run_promote(plan, storage=storage, console=console, artifact_store=store)
 
 
+def cmd_coord_check(args, console: Console) -> int:
+    from sweep.coordcheck import coord_table, run_coord_check, save_coord_plot
+    from sweep.recipe import load_recipe
+
+    recipe = load_recipe(resolve_study(args.study))
+    check = run_coord_check(
+        recipe.train, widths=args.widths, steps=args.steps,
+        on_run=lambda p, w: console.print(f"coord-check: {p} width {w}, {args.steps} steps", highlight=False),
+    )
+    plot = save_coord_plot(check, args.out or Path("runs") / f"{recipe.name}-coord-check.png",
+                           title=f"{recipe.name}: mean |activation| vs width, lr {recipe.train.schedule.max_lr:g}")
+    console.print(coord_table(check))
+    console.print(f"plot: {plot}", highlight=False)
+    return 0
+
+
 def cmd_status(args, console: Console) -> int:
     from sweep.report import print_summary, studies_table
 
@@ -542,6 +565,7 @@ COMMANDS = {
     "confirm": cmd_confirm,
     "train": cmd_train,
     "promote": cmd_promote,
+    "coord-check": cmd_coord_check,
     "status": cmd_status,
     "prepare": cmd_prepare,
 }

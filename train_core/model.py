@@ -160,6 +160,12 @@ class GPT(nn.Module):
             {"params": vectors, "weight_decay": 0.0, "lr_multiplier": 1.0},
         ]
 
+    @property
+    def output_multiplier(self) -> float:
+        """--- μP --- What the logits are multiplied by: α_out/m under μP, 1 under SP."""
+        c = self.config
+        return c.mup_output_alpha / c.width_multiplier if c.parametrization == "mup" else 1.0
+
     def num_params(self, *, non_embedding: bool = True) -> int:
         """Parameter count; by default without the position embedding (nanoGPT's convention for FLOPs)."""
         n = sum(p.numel() for p in self.parameters())
@@ -190,7 +196,7 @@ class GPT(nn.Module):
         h = self.hidden_states(idx)
         if self.config.parametrization == "mup":
             # --- μP --- logits x α_out/m, applied to the hidden state: the same product, and the tied weight untouched
-            h = h * (self.config.mup_output_alpha / self.config.width_multiplier)
+            h = h * self.output_multiplier
         return chunked_cross_entropy(h.view(-1, h.size(-1)), self.transformer.wte.weight, targets.view(-1))
 
 
