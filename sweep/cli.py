@@ -176,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
     st.add_argument("--study-name", help="show this study's trials")
 
+    au = commands.add_parser("audit", help="replay every pruner over a study run with --pruner none --guard nonfinite")
+    au.add_argument("--study-name", required=True, help="the audited study")
+    au.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
+    au.add_argument("--orders", type=_positive_int, default=20, help="random trial orders replayed (default 20)")
+    au.add_argument("--seed", type=int, default=0, help="seed of the orders (default 0)")
+    au.add_argument("--band", type=_positive_float, default=0.05,
+                    help="seed-noise band in val loss: trials this close to the best count as the best (default 0.05)")
+    au.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+
     prep = commands.add_parser("prepare", help="tokenize text files or folders into train.bin / val.bin")
     prep.add_argument("sources", nargs="+", type=Path, help="text files or folders")
     prep.add_argument("--out", type=Path, required=True, help="output folder")
@@ -558,6 +567,17 @@ def cmd_status(args, console: Console) -> int:
     return 0
 
 
+def cmd_audit(args, console: Console) -> int:
+    from sweep.audit import print_audit, run_audit
+    from sweep.storage import artifact_dir
+
+    storage, study = _existing_study(args.storage, args.study_name)
+    audit = run_audit(study, storage=storage, artifact_dir=artifact_dir(args.storage), order_count=args.orders,
+                      seed=args.seed, band=args.band)
+    print_audit(console, audit, markdown=args.markdown)
+    return 0
+
+
 COMMANDS = {
     "lr": cmd_lr,
     "horizon": cmd_horizon,
@@ -567,5 +587,6 @@ COMMANDS = {
     "promote": cmd_promote,
     "coord-check": cmd_coord_check,
     "status": cmd_status,
+    "audit": cmd_audit,
     "prepare": cmd_prepare,
 }
