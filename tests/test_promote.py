@@ -209,6 +209,7 @@ def test_dry_run_prints_the_plan_and_creates_nothing(sweep_copy, capsys):
 # --- kill and resume ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_promote_resumes_to_the_uninterrupted_losses_bitwise(swept, tmp_path):
     """SIGKILL a real promote once it has a checkpoint past step 10; the re-run resumes from the newest checkpoint
     and its metrics.csv equals that of an uninterrupted run in another folder, float string for float string."""
@@ -253,6 +254,7 @@ def test_killed_promote_resumes_to_the_uninterrupted_losses_bitwise(swept, tmp_p
 # --- torchrun -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_the_single_process_run(promoted, swept, tmp_path):
     """Two gloo processes split each step's 4 micro-batches 2 + 2: the same global batch, the same loss curve."""
     single_folder, code, _ = promoted

@@ -70,6 +70,7 @@ def test_tiny_sweep_completes_on_every_storage(kind, study, tmp_path):
 # --- two worker processes on one PostgreSQL study -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_workers_on_postgres_share_the_budget_and_run_each_trial_once(study, tmp_path):
     name, trials, workers = unique_name("storages-two"), 4, 2
     with postgres_study(name) as url:
@@ -149,6 +150,7 @@ def test_unreachable_storage_exits_2_without_showing_the_password(argv, url, stu
     assert time.monotonic() - started < 30  # refused promptly, no endless reconnecting
 
 
+@pytest.mark.slow
 def test_unreachable_storage_in_a_subprocess_keeps_the_password_out_of_stderr(study, tmp_path):
     command = sweep_command(study, "postgresql://user:s3cret@127.0.0.1:1/test", "x", steps=10)
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)

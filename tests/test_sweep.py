@@ -108,20 +108,29 @@ def test_trial_0_is_the_anchor(finished):
 GRID = {(lr, warmup) for lr in (3e-3, ANCHOR_LR, 3e-2) for warmup in (0, 2)}  # --grid-points 2 plus the anchor
 
 
-def test_grid_sweep_runs_every_point_and_stops_when_the_grid_is_exhausted(study, tmp_path):
-    storage = str(tmp_path / "sweep.log")
-    assert run_lr(study, storage, "--sampler", "grid", "--grid-points", "2", "--pruner", "none", "--trials", "20") == 0
-    trials = load(storage).get_trials()
+@pytest.fixture(scope="module")
+def grid_sweep(data, tmp_path_factory):
+    """One grid sweep with --trials 20, far more than the grid's points, shared by the tests that read it."""
+    folder = tmp_path_factory.mktemp("grid")
+    storage = str(folder / "sweep.log")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        path = write_study(folder / "tiny.yaml", study_values(data))
+        code = run_lr(path, storage, "--sampler", "grid", "--grid-points", "2", "--pruner", "none", "--trials", "20")
+    return code, load(storage).get_trials()
+
+
+def test_grid_sweep_runs_every_point_and_stops_when_the_grid_is_exhausted(grid_sweep):
+    code, trials = grid_sweep
+    assert code == 0
     assert {(t.params["lr"], t.params["warmup"]) for t in trials} == GRID
     assert len(trials) <= len(GRID) + 1, "the sweep went on re-running grid points up to --trials"
 
 
-def test_grid_sweep_does_not_train_the_anchor_point_twice(study, tmp_path):
+def test_grid_sweep_does_not_train_the_anchor_point_twice(grid_sweep):
     """GridSampler does not count the enqueued anchor as its grid point and proposes it again; that trial reuses the
     anchor's result (same params, seed and data give the same run) instead of training again."""
-    storage = str(tmp_path / "sweep.log")
-    assert run_lr(study, storage, "--sampler", "grid", "--grid-points", "2", "--pruner", "none", "--trials", "20") == 0
-    trials = load(storage).get_trials()
+    _, trials = grid_sweep
     assert len(trials) == len(GRID) + 1
     twins = [t for t in trials if "duplicate_of" in t.user_attrs]
     assert len(twins) == 1

@@ -176,6 +176,7 @@ RESUME_STEPS = 60
 CKPT_EVERY = 5
 
 
+@pytest.mark.slow
 def test_retry_of_a_killed_trial_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(study_file, tmp_path):
     args = ("--trials", "1", "--ckpt-every", str(CKPT_EVERY), "--heartbeat", "0.5", "--grace", "3")
     (tmp_path / "killed").mkdir()
@@ -212,6 +213,7 @@ def test_retry_of_a_killed_trial_resumes_from_its_checkpoint_and_matches_an_unin
 # --- SIGTERM --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_fails_the_running_trial_as_interrupted_and_queues_its_retry(study_file, tmp_path):
     log = tmp_path / "worker.log"
     command = sweep_command(study_file, "store/sweep.log", "term", "--trials", "2", "--ckpt-every", "5", steps=60)
@@ -254,6 +256,7 @@ def test_a_retry_that_reuses_a_finished_twin_removes_the_dead_trials_checkpoints
 # --- --workers: the parent process ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_workers_parent_interrupts_its_workers_and_a_rerun_resumes_them(study_file, tmp_path):
     """`--workers 2` runs its workers as children; a SIGTERM sent to the parent alone must stop them too, the way
     Ctrl-C does, and the same command run again continues their trials from their checkpoints."""
@@ -286,6 +289,7 @@ def test_sigterm_to_the_workers_parent_interrupts_its_workers_and_a_rerun_resume
     assert any(resumed), "no retry resumed from its trial's checkpoint"
 
 
+@pytest.mark.slow
 def test_a_worker_killed_under_the_workers_parent_is_named_and_the_parent_exits_1(study_file, tmp_path):
     """The OOM killer takes one of the workers: the other reaps its trial and retries it from its checkpoint, and the
     parent, whose study still ends whole, says which worker died and how, and exits 1."""
@@ -312,6 +316,7 @@ def test_a_worker_killed_under_the_workers_parent_is_named_and_the_parent_exits_
 # --- a worker paused past the grace -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_paused_worker_whose_trial_was_reaped_drops_it_and_goes_on(study_file, tmp_path):
     """A stalled storage or a suspended machine delays the heartbeat past --grace while the worker lives on."""
     log = tmp_path / "worker.log"
@@ -384,6 +389,7 @@ STARTED = re.compile(r"^trial (\d+) started", re.MULTILINE)
 ENDED = re.compile(r"^trial (\d+) (?:COMPLETE|PRUNED|FAIL)", re.MULTILINE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "postgresql"])
 def test_random_kills_of_workers_lose_no_trial(kind, study_file, tmp_path):
     name = unique_name("chaos")
