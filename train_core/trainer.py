@@ -29,6 +29,7 @@ from train_core.config import DataConfig, ScheduleConfig, TrainConfig
 from train_core.data import TokenData, TrainBatches, ensure_corpus, to_device
 from train_core.errors import InputError
 from train_core.model import GPT, GPTConfig
+from train_core.peak import MachinePeak
 
 # Sections of the config that change the numbers a run produces; a checkpoint only resumes a run that agrees on them.
 RESUME_SECTIONS = ("model", "data", "batch", "schedule", "optimizer", "seed")
@@ -84,23 +85,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-@functools.cache
-def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Matmul FLOP/s this device reaches in dtype: the MFU denominator when the config names none."""
-    n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    reps, start = 0, time.perf_counter()
-    while reps < 3 or time.perf_counter() - start < 0.25:
-        a @ b
-        reps += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
 def make_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -182,7 +166,8 @@ def _train(
         torch.autocast, device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32
     )
     flops_per_token = raw_model.flops_per_token()
-    peak_flops = config.peak_flops or measure_peak_flops(device, autocast_dtype)
+    # A peak the config names is taken as given; else this machine's, kept across runs (train_core/peak.py).
+    peak = MachinePeak("config", config.peak_flops) if config.peak_flops else MachinePeak.load(device, autocast_dtype)
     tokens_per_step = config.batch.total_batch_size
     sched = config.schedule
     B, T = config.batch.micro_batch_size, config.model.block_size
@@ -260,7 +245,7 @@ def _train(
             tokens_seen=(step + 1) * tokens_per_step,
             tokens_per_s=tokens_per_step / dt,
             ms_per_step=dt * 1000,
-            mfu=flops_per_token * tokens_per_step / dt / (peak_flops * world_size),
+            mfu=peak.mfu(flops_per_token * tokens_per_step / dt / world_size),
             val_loss=val_loss,
         )
         stop = bool(callback(metrics)) if (callback and is_main) else False
@@ -281,6 +266,8 @@ def _train(
             break
 
     steps_done = step + 1 if metrics is not None else start_step
+    if not config.peak_flops and is_main:
+        peak.save()  # a step that beat the kept peak raised it
     if metrics is None and val_loss is None:
         val_loss = evaluate()  # resumed from the final checkpoint of a run that died before writing DONE
     result = TrainResult(
@@ -292,7 +279,7 @@ def _train(
         best_val_loss=best_val_loss,
         train_seconds=train_seconds,
         tokens_per_s=tokens_per_step * len(losses) / train_seconds if train_seconds else 0.0,
-        mfu=flops_per_token * tokens_per_step * len(losses) / train_seconds / (peak_flops * world_size)
+        mfu=peak.mfu(flops_per_token * tokens_per_step * len(losses) / train_seconds / world_size)
         if train_seconds
         else 0.0,
         flops_per_token=flops_per_token,
