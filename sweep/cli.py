@@ -19,6 +19,7 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
+from sweep.runs import DEFAULT_RUNS_DIR, Runs, horizon_study, sweep_study
 from sweep.stability import GUARD_RULES
 from sweep.width import width_list
 from train_core.errors import InputError
@@ -79,16 +80,21 @@ def _steps_list(text: str) -> list[int]:
     return [_positive_int(part) for part in text.split(",")]
 
 
+def _add_place_flags(parser: argparse.ArgumentParser) -> None:
+    """Where studies and runs live: every command that reads or writes them takes these two."""
+    parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR,
+                        help=f"folder for trial, promoted and train runs, plots and the default storage (default {DEFAULT_RUNS_DIR}/)")
+    parser.add_argument("--storage", help="Optuna storage URL or journal file (default sqlite:///<runs-dir>/sweep.db)")
+
+
 def _add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
     from sweep.components import PRUNERS, SAMPLERS
-    from sweep.storage import DEFAULT_STORAGE
 
     parser.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
     parser.add_argument("--trials", type=_positive_int,
                         help="finished trials the study should hold (default: the study's; with --sampler grid, the grid)")
     parser.add_argument("--timeout", type=_positive_float, help="stop starting new trials after this many seconds")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL or journal file (default {DEFAULT_STORAGE})")
-    parser.add_argument("--study-name", help="default: <study>-<steps>")
+    _add_place_flags(parser)
     parser.add_argument("--sampler", default=sampler, help=f"one of {', '.join(SAMPLERS)} (default {sampler})")
     parser.add_argument("--pruner", default="median", help=f"one of {', '.join(PRUNERS)} (default median)")
     parser.add_argument("--guard", choices=GUARD_RULES, default="all",
@@ -116,8 +122,6 @@ def _add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sweep.storage import DEFAULT_STORAGE
-
     parser = _Parser(prog="sweep", description="Find the peak LR and warmup for a GPT, then run the winner.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -127,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--lr-range", choices=("study", "auto"), default="study",
                     help="LR bounds from the study (default) or from an LR range test run first (auto)")
     _add_sweep_flags(lr, sampler="tpe")
+    lr.add_argument("--study-name", help="default: <study>-<steps>")
     hz = commands.add_parser("horizon", help="sweep at several horizons and extrapolate the best LR to max_steps")
     hz.add_argument("--steps", type=_steps_list, required=True, help="trial lengths, e.g. 100,300,1000")
     hz.add_argument("--max-steps", type=_positive_int, help="extrapolate to this run length (default: the recipe's max_steps)")
@@ -137,12 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--steps", type=_positive_int, default=100, help="steps of the ramp (default 100)")
     rg.add_argument("--lr-start", type=_positive_float, default=1e-6, help="first LR (default 1e-6)")
     rg.add_argument("--lr-end", type=_positive_float, default=1.0, help="last LR (default 1)")
-    rg.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
+    _add_place_flags(rg)
 
     cf = commands.add_parser("confirm", help="re-run the best settings with more seeds: the noise band")
     cf.add_argument("--study", default="default", help="study file, or a name from studies/")
     cf.add_argument("--steps", type=_positive_int, default=300, help="the sweep's steps per trial, for the default study name")
-    cf.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
+    _add_place_flags(cf)
     cf.add_argument("--study-name", help="default: <study>-<steps>")
     cf.add_argument("--top", type=_positive_int, default=3, help="settings to re-run, best first (default 3), plus the anchor")
     cf.add_argument("--seeds", type=_positive_int, default=3, help="seeds per setting, the sweep's own included (default 3)")
@@ -152,13 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=_positive_float, help="peak LR (default: the recipe's)")
     tr.add_argument("--warmup", type=int, help="warmup steps (default: the recipe's)")
     tr.add_argument("--max-steps", type=_positive_int, help="steps to run, the cosine horizon too (default: the recipe's)")
-    tr.add_argument("--out", type=Path, help="run folder (default runs/<study>/train)")
+    tr.add_argument("--out", type=Path, help="run folder (default <runs-dir>/<study>/train)")
+    tr.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=f"default {DEFAULT_RUNS_DIR}/")
 
     pr = commands.add_parser("promote", help="run a sweep trial's LR and warmup to the recipe's max_steps")
     pr.add_argument("trial", help="'best' or a trial number")
     pr.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
     pr.add_argument("--steps", type=_positive_int, default=300, help="the sweep's steps per trial, for the default study name")
-    pr.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
+    _add_place_flags(pr)
     pr.add_argument("--study-name", help="default: <study>-<steps>")
     pr.add_argument("--max-steps", type=_positive_int, help="shorter (or longer) full run; the cosine horizon follows")
     pr.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -170,15 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
     cc.add_argument("--widths", type=width_list, default=[64, 128, 256, 512], help="widths to train (default 64,128,256,512)")
     cc.add_argument("--steps", type=_positive_int, default=10, help="steps at the recipe's peak LR (default 10)")
-    cc.add_argument("--out", type=Path, help="plot file (default runs/<study>-coord-check.png)")
+    cc.add_argument("--out", type=Path, help="plot file (default <runs-dir>/<study>-coord-check.png)")
+    cc.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=f"default {DEFAULT_RUNS_DIR}/")
 
     st = commands.add_parser("status", help="studies in a storage, or one study's trials and promoted runs")
-    st.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
+    _add_place_flags(st)
     st.add_argument("--study-name", help="show this study's trials")
 
     au = commands.add_parser("audit", help="replay every pruner over a study run with --pruner none --guard nonfinite")
     au.add_argument("--study-name", required=True, help="the audited study")
-    au.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file")
+    _add_place_flags(au)
     au.add_argument("--orders", type=_positive_int, default=20, help="random trial orders replayed (default 20)")
     au.add_argument("--seed", type=int, default=0, help="seed of the orders (default 0)")
     au.add_argument("--band", type=_positive_float, default=0.05,
@@ -202,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
+        if hasattr(args, "runs_dir"):
+            args.runs = Runs(args.runs_dir)
+        if getattr(args, "storage", "") is None:
+            args.storage = args.runs.default_storage()
         return COMMANDS[args.command](args, console)
     except InputError as error:
         if debug:
@@ -270,15 +281,15 @@ def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | No
         warmup=warmup,
         seed=args.seed if args.seed is not None else recipe.train.seed,
         pruner_name=args.pruner,
-        runs_dir=Path("runs") / _study_name(args, recipe, steps),
+        study_dir=args.runs.study(_study_name(args, recipe, steps)),
         checkpoint_every=args.ckpt_every,
-        branches=BranchStore(Path("runs") / f"{recipe.name}-branches") if args.schedule == "wsd" else None,
+        branches=BranchStore(args.runs.branches(recipe.name)) if args.schedule == "wsd" else None,
         guard_rules=args.guard,
     )
 
 
 def _study_name(args, recipe, steps: int) -> str:
-    return args.study_name or f"{recipe.name}-{steps}"
+    return getattr(args, "study_name", None) or sweep_study(recipe.name, steps)
 
 
 def _run_sweep(args, console: Console, plan):
@@ -299,6 +310,7 @@ def _run_sweep(args, console: Console, plan):
             sampler=args.sampler,
             grid_points=args.grid_points,
             view=view,
+            runs=args.runs,
             liveness=Liveness(interval=args.heartbeat, grace=args.grace),
             workers=args.workers,
             worker_argv=_without_workers(args.argv),
@@ -342,14 +354,12 @@ def cmd_horizon(args, console: Console) -> int:
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
     from sweep.recipe import load_recipe
-    from sweep.storage import artifact_dir
+    from sweep.storage import open_storage
     from sweep.trust import fit_horizon, save_horizon_plot
 
     recipe = load_recipe(resolve_study(args.study))
     if len(set(args.steps)) < 2:
         raise InputError(f"--steps needs two or more horizons like 100,300,1000, got {args.steps}")
-    if args.study_name:
-        raise InputError("horizon names its studies <study>-<steps>; --study-name is not taken here")
     plans = [_sweep_plan(args, recipe, steps=steps) for steps in sorted(set(args.steps))]
     open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)
     if len({plan.warmup.steps(plan.steps) for plan in plans}) > 1:
@@ -361,15 +371,15 @@ def cmd_horizon(args, console: Console) -> int:
     studies = {plan.steps: _run_sweep(args, console, plan).study for plan in plans}
     target = args.max_steps or recipe.train.schedule.max_steps
     fit = fit_horizon(studies, tokens_per_step=recipe.train.batch.total_batch_size, target_steps=target)
-    summary = optuna.create_study(study_name=f"{recipe.name}-horizon", storage=studies[plans[0].steps]._storage,
+    summary = optuna.create_study(study_name=horizon_study(recipe.name), storage=open_storage(args.storage),
                                   load_if_exists=True)
     for key, value in {"points": fit.points, "exponent": fit.exponent, "target_steps": fit.target_steps,
                        "extrapolated_lr": fit.lr, "uncertainty_factor": fit.factor,
                        "tokens_per_step": fit.tokens_per_step, "law": dataclasses.asdict(fit.law),
                        "at_edge": fit.at_edge}.items():
         summary.set_user_attr(key, value)
-    plot = save_horizon_plot(fit, Path("runs") / f"{recipe.name}-horizon.png")
-    folder = artifact_dir(args.storage)
+    plot = save_horizon_plot(fit, args.runs.horizon_plot(recipe.name))
+    folder = args.runs.artifacts(args.storage)
     upload_artifact(artifact_store=FileSystemArtifactStore(folder), file_path=str(plot), study_or_trial=summary)
     for steps, lr in fit.points:
         console.print(f"best lr at {steps} steps: {lr:.3g}", highlight=False)
@@ -426,14 +436,14 @@ def cmd_confirm(args, console: Console) -> int:
     from sweep.trust import confirm_report, run_confirm
 
     recipe = load_recipe(resolve_study(args.study))
-    storage, study = _existing_study(args.storage, args.study_name or f"{recipe.name}-{args.steps}")
+    storage, study = _existing_study(args.storage, _study_name(args, recipe, args.steps))
     space = study.user_attrs.get("search_space")
     if space is None:
         raise InputError(f"study {study.study_name} was not made by `sweep lr` (it has no search_space attr)")
     plan = TrialPlan(
         recipe=recipe, steps=space["steps"], schedule=space["schedule"], lr_min=space["lr"][0], lr_max=space["lr"][1],
         warmup=Warmup(choices=tuple(space["warmup"])), seed=space["seed"], pruner_name="none",
-        runs_dir=Path("runs") / study.study_name, checkpoint_every=space["steps"],
+        study_dir=args.runs.study(study.study_name), checkpoint_every=space["steps"],
     )
     results = run_confirm(study, plan, top=args.top, seeds=args.seeds, storage=storage, console=console)
     table, verdicts = confirm_report(results)
@@ -461,7 +471,7 @@ def cmd_train(args, console: Console) -> int:
             sched, max_lr=args.lr or sched.max_lr, warmup_steps=warmup, max_steps=max_steps, decay_steps=None
         ),
     )
-    out = args.out or Path("runs") / recipe.name / "train"
+    out = args.out or args.runs.train(recipe.name)
 
     def log(m) -> None:
         if m.val_loss is not None or m.step % 10 == 0:
@@ -512,15 +522,14 @@ def cmd_promote(args, console: Console) -> int:
     from sweep.analysis import PowerLaw
     from sweep.promote import make_plan, pick_trial, run_promote
     from sweep.recipe import load_recipe
-    from sweep.storage import artifact_dir
 
     recipe = load_recipe(resolve_study(args.study))
-    storage, study = _existing_study(args.storage, args.study_name or f"{recipe.name}-{args.steps}")
+    storage, study = _existing_study(args.storage, _study_name(args, recipe, args.steps))
     trial = pick_trial(study, args.trial)
     lr = None
     if args.lr_from == "horizon":
         fits = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-        fit = fits.get(f"{recipe.name}-horizon")
+        fit = fits.get(horizon_study(recipe.name))
         if fit is None or "law" not in fit.user_attrs:
             raise InputError(f"no horizon fit for {recipe.name} in this storage: run `python -m sweep horizon --steps 100,300` first")
         law, steps = PowerLaw(**fit.user_attrs["law"]), args.max_steps or recipe.train.schedule.max_steps
@@ -528,11 +537,11 @@ def cmd_promote(args, console: Console) -> int:
         lr, band = law.predict(tokens), law.uncertainty_factor(tokens)
         console.print(f"peak lr extrapolated by `sweep horizon` to {steps} steps: {lr:.3g}"
                       + (f" (x/÷ {band:.2f})" if math.isfinite(band) else ""), highlight=False)
-    plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs_root=Path("runs"), lr=lr)
+    plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs=args.runs, lr=lr)
     if args.dry_run:
         console.print(plan.describe(), highlight=False)
         return 0
-    folder = artifact_dir(args.storage)
+    folder = args.runs.artifacts(args.storage)
     folder.mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(folder)
     return run_promote(plan, storage=storage, console=console, artifact_store=store)
@@ -547,7 +556,7 @@ def cmd_coord_check(args, console: Console) -> int:
         recipe.train, widths=args.widths, steps=args.steps,
         on_run=lambda p, w: console.print(f"coord-check: {p} width {w}, {args.steps} steps", highlight=False),
     )
-    plot = save_coord_plot(check, args.out or Path("runs") / f"{recipe.name}-coord-check.png",
+    plot = save_coord_plot(check, args.out or args.runs.coord_check_plot(recipe.name),
                            title=f"{recipe.name}: mean |activation| vs width, lr {recipe.train.schedule.max_lr:g}")
     console.print(coord_table(check))
     console.print(f"plot: {plot}", highlight=False)
@@ -569,10 +578,9 @@ def cmd_status(args, console: Console) -> int:
 
 def cmd_audit(args, console: Console) -> int:
     from sweep.audit import print_audit, run_audit
-    from sweep.storage import artifact_dir
 
     storage, study = _existing_study(args.storage, args.study_name)
-    audit = run_audit(study, storage=storage, artifact_dir=artifact_dir(args.storage), order_count=args.orders,
+    audit = run_audit(study, storage=storage, artifact_dir=args.runs.artifacts(args.storage), order_count=args.orders,
                       seed=args.seed, band=args.band)
     print_audit(console, audit, markdown=args.markdown)
     return 0

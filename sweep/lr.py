@@ -14,7 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
 from sweep.objective import Objective, TrialPlan
 from sweep.recipe import Warmup
-from sweep.storage import artifact_dir, mask, open_storage, sqlite_path
+from sweep.runs import Runs
+from sweep.storage import mask, open_storage
 from sweep.view import SweepView
 from sweep.workers import FINISHED, Budget, Interrupts, Liveness, reap_dead_trials, run_worker_processes, was_reaped
 from train_core.errors import InputError
@@ -53,6 +54,7 @@ def run_sweep(
     sampler: str,
     grid_points: int,
     view: SweepView,
+    runs: Runs,
     liveness: Liveness = Liveness(),
     workers: int = 1,
     worker_argv: list[str] | None = None,
@@ -69,7 +71,7 @@ def run_sweep(
         grid_points=grid_points,
         worker_index=worker_index,
     )
-    artifact_store = FileSystemArtifactStore(_mkdir(artifact_dir(storage_url)))
+    artifact_store = FileSystemArtifactStore(_mkdir(runs.artifacts(storage_url)))
     view.sweep_started(study, trials=trials, steps=plan.steps)
     lost = []
     if workers > 1:
@@ -80,7 +82,7 @@ def run_sweep(
         stopped = run_trials(
             study, plan, trials=trials, timeout=timeout, view=view, liveness=liveness, artifact_store=artifact_store
         )
-    plot = save_lr_plot(study, storage_url=storage_url, artifact_store=artifact_store)
+    plot = save_lr_plot(study, path=runs.lr_plot(storage_url, study_name), artifact_store=artifact_store)
     return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped, lost_workers=lost)
 
 
@@ -247,16 +249,15 @@ def anchor_trial(study: optuna.Study) -> FrozenTrial | None:
     return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("anchor")), None)
 
 
-def save_lr_plot(study: optuna.Study, *, storage_url: str, artifact_store: FileSystemArtifactStore) -> Path | None:
+def save_lr_plot(study: optuna.Study, *, path: Path, artifact_store: FileSystemArtifactStore) -> Path | None:
     """Final val loss against peak LR (log axis), one colour per warmup; pruned trials at their last loss.
 
-    Saved next to the storage and attached to the study as an artifact for the dashboard.
+    Saved at `path` and attached to the study as an artifact for the dashboard.
     """
     trials = study.get_trials(deepcopy=False, states=FINISHED)
     if not trials:
         return None
-    folder = sqlite_path(storage_url).parent if sqlite_path(storage_url) else artifact_dir(storage_url).parent
-    path = _mkdir(folder) / f"{study.study_name}-lr.png"
+    _mkdir(path.parent)
     if study.user_attrs.get("plotted_trials") == len(trials) and path.exists():
         return path  # nothing new since the last plot: no second copy in the dashboard
     import matplotlib

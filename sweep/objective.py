@@ -1,7 +1,6 @@
 """One sweep trial: a candidate peak LR and warmup, trained by train_core, reported to Optuna step by step."""
 
 import csv
-import dataclasses
 import functools
 import hashlib
 import json
@@ -20,7 +19,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from sweep.branches import BranchStore
 from sweep.components import pruning_start
-from sweep.recipe import Recipe, Warmup
+from sweep.recipe import Recipe, Warmup, run_config
 from sweep.stability import StabilityGuard, recovery_window
 from sweep.view import SweepView
 from sweep.workers import Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root
@@ -42,7 +41,7 @@ class TrialPlan:
     warmup: Warmup
     seed: int
     pruner_name: str
-    runs_dir: Path  # trial folders go to runs_dir/trial-N (checkpoints while running, the loss curve after)
+    study_dir: Path  # trial folders go to study_dir/trial-N (checkpoints while running, the loss curve after)
     checkpoint_every: int
     branches: BranchStore | None = None  # wsd: trials start from a shorter trial's stable phase when one is stored
     guard_rules: Literal["all", "nonfinite"] = "all"  # nonfinite: complete curves for `sweep audit`
@@ -58,23 +57,18 @@ class TrialPlan:
             "seed": self.seed,
         }
 
-    def trial_config(self, *, lr: float, warmup_steps: int) -> TrainConfig:
+    def trial_config(self, *, lr: float, warmup_steps: int, seed: int | None = None) -> TrainConfig:
         """The recipe compressed to the trial: the whole schedule (warmup, cosine to min_lr) fits in `steps`, so every
-        trial ends annealed, and it is evaluated once, at the end."""
-        base = self.recipe.train
-        return dataclasses.replace(
-            base,
-            schedule=dataclasses.replace(
-                base.schedule,
-                max_lr=lr,
-                warmup_steps=warmup_steps,
-                max_steps=self.steps,
-                decay_steps=None,
-                shape=self.schedule,
-            ),
-            eval=dataclasses.replace(base.eval, interval=self.steps),
-            checkpoint=dataclasses.replace(base.checkpoint, interval=self.checkpoint_every),
-            seed=self.seed,
+        trial ends annealed, and it is evaluated once, at the end. `seed` replaces the study's (confirm's re-runs)."""
+        return run_config(
+            self.recipe,
+            lr=lr,
+            warmup_steps=warmup_steps,
+            steps=self.steps,
+            shape=self.schedule,
+            seed=self.seed if seed is None else seed,
+            eval_interval=self.steps,
+            checkpoint_interval=self.checkpoint_every,
         )
 
 
@@ -114,12 +108,12 @@ class Objective:
             warmup = trial.suggest_categorical("warmup", list(warmups))
         if (twin := _finished_twin(trial)) is not None:
             # Nothing will train in this trial's folder: for a retry it holds the dead trial's checkpoints.
-            shutil.rmtree(plan.runs_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}", ignore_errors=True)
+            shutil.rmtree(plan.study_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}", ignore_errors=True)
             return _reuse(trial, twin)
         config = plan.trial_config(lr=lr, warmup_steps=warmup)
         # A retry of a dead or interrupted trial trains in the first trial's folder: it resumes from its checkpoint.
         # A fresh trial starts from an empty folder, whatever an older study of the same name left there.
-        out_dir = plan.runs_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}"
+        out_dir = plan.study_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}"
         branched_at = None
         if "resume_trial" not in trial.user_attrs:
             shutil.rmtree(out_dir, ignore_errors=True)

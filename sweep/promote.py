@@ -1,6 +1,6 @@
 """Promote a sweep trial into the study's full run: its peak LR and warmup, the recipe's max_steps and schedule.
 
-The run goes to runs/<study>/promote-<trial>/ (checkpoints, metrics.csv) and resumes from there after a crash.
+The run goes to <runs dir>/<study>/promote-<trial>/ (checkpoints, metrics.csv) and resumes from there after a crash.
 Optuna does not let a finished trial change, so the result is written back as
 - the sweep study's user attr `promote-<trial>` (status, run dir, steps done, val losses, tokens), updated at every
   evaluation, and a section of the study's markdown note;
@@ -9,7 +9,6 @@ Optuna does not let a finished trial change, so the result is written back as
 """
 
 import csv
-import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from sweep.objective import git_commit
-from sweep.recipe import Recipe, _Loader
+from sweep.recipe import Recipe, _Loader, run_config
+from sweep.runs import Runs, promoted_study
 from train_core.checkpoint import CheckpointManager
 from train_core.config import ScheduleConfig, TrainConfig
 from train_core.errors import InputError
@@ -99,7 +99,7 @@ def make_plan(
     *,
     max_steps: int | None,
     force: bool,
-    runs_root: Path,
+    runs: Runs,
     lr: float | None = None,
 ) -> PromotePlan:
     """The full run of `trial`: its warmup, its peak LR unless `lr` (e.g. extrapolated to the horizon) is given."""
@@ -112,16 +112,11 @@ def make_plan(
     steps = max_steps or sched.max_steps
     # Warmup keeps the trial's step count: it tames the first updates, whose trouble does not grow with the horizon.
     warmup = min(int(trial.params["warmup"]), steps)
-    config = dataclasses.replace(
-        recipe.train,
-        schedule=dataclasses.replace(
-            sched, max_lr=lr or float(trial.params["lr"]), warmup_steps=warmup, max_steps=steps, decay_steps=None
-        ),
-        seed=int(trial.user_attrs.get("seed", recipe.train.seed)),
-    )
+    config = run_config(recipe, lr=lr or float(trial.params["lr"]), warmup_steps=warmup, steps=steps,
+                        seed=int(trial.user_attrs.get("seed", recipe.train.seed)))
     # A shortened run or another LR must not resume the plain full run's checkpoints.
     suffix = ("" if max_steps is None else f"-{steps}steps") + ("" if lr is None else f"-lr{lr:.3g}")
-    run_dir = runs_root / study.study_name / f"promote-{trial.number}{suffix}"
+    run_dir = runs.study(study.study_name) / f"promote-{trial.number}{suffix}"
     return PromotePlan(study=study, trial=trial, config=config, run_dir=run_dir)
 
 
@@ -235,7 +230,7 @@ def _record_promoted_trial(
 ) -> None:
     """A COMPLETE trial in <study>-promoted whose intermediate values are the full run's val-loss curve."""
     promoted = optuna.create_study(
-        study_name=f"{plan.study.study_name}-promoted",
+        study_name=promoted_study(plan.study.study_name),
         storage=storage,
         direction="minimize",
         load_if_exists=True,

@@ -11,6 +11,7 @@
       trials: 8                    # the study's total of finished (complete + pruned) trials
 """
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from sweep.width import at_width
 from train_core.config import TrainConfig
 from train_core.errors import InputError
 
@@ -104,6 +106,43 @@ class Recipe:
     def digest(self) -> str:
         """Short hash of the recipe text: trials and promoted runs record it to notice a recipe that changed."""
         return hashlib.sha256(self.text.encode()).hexdigest()[:12]
+
+
+def run_config(
+    recipe: Recipe,
+    *,
+    lr: float,
+    warmup_steps: int,
+    steps: int,
+    shape: str | None = None,
+    min_lr_ratio: float | None = None,
+    n_embd: int | None = None,
+    seed: int | None = None,
+    eval_interval: int | None = None,
+    checkpoint_interval: int | None = None,
+) -> TrainConfig:
+    """The TrainConfig of one run of `recipe`: peak `lr`, `warmup_steps`, and the schedule (the recipe's `shape`
+    unless given) compressed to `steps`, so that it reaches its floor at the run's last step. Every run the sweep
+    starts (trial, confirm seed, range test, promote, train) gets its config here; None keeps the recipe's value.
+    `n_embd` changes the model's width by `sweep.width.at_width` (--- μP --- the head count and base width stay)."""
+    base = recipe.train if n_embd is None else at_width(recipe.train, n_embd=n_embd)
+    schedule = dataclasses.replace(
+        base.schedule,
+        max_lr=lr,
+        warmup_steps=warmup_steps,
+        max_steps=steps,
+        decay_steps=None,
+        shape=shape or base.schedule.shape,
+        min_lr_ratio=base.schedule.min_lr_ratio if min_lr_ratio is None else min_lr_ratio,
+    )
+    return dataclasses.replace(
+        base,
+            schedule=schedule,
+        eval=base.eval if eval_interval is None else dataclasses.replace(base.eval, interval=eval_interval),
+        checkpoint=base.checkpoint if checkpoint_interval is None
+        else dataclasses.replace(base.checkpoint, interval=checkpoint_interval),
+        seed=base.seed if seed is None else seed,
+    )
 
 
 def load_recipe(path: str | Path) -> Recipe:

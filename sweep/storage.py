@@ -1,6 +1,6 @@
 """Optuna storages by URL, with passwords kept out of every message.
 
-    sqlite:///runs/sweep.db            one machine, one writer at a time (the default)
+    sqlite:///runs/sweep.db            one machine, one writer at a time (the default: <--runs-dir>/sweep.db)
     runs/sweep.log                     Optuna's journal file: many processes on one machine or a shared disk
     postgresql://user:pw@host/db       many machines (also mysql://)
     redis://host:6379/0                Optuna's journal on Redis
@@ -16,7 +16,6 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, Jou
 
 from train_core.errors import InputError
 
-DEFAULT_STORAGE = "sqlite:///runs/sweep.db"
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 # The password runs to the URL's last '@': a raw '@' inside it (unencoded) must not leave its tail in the clear.
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S*@", re.IGNORECASE)
@@ -34,12 +33,6 @@ def scheme(url: str) -> str | None:
 
 def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-
-
-def artifact_dir(url: str) -> Path:
-    """Folder for trial artifacts (curves, plots): next to a file storage, else under runs/."""
-    path = sqlite_path(url) or (None if scheme(url) else Path(url))
-    return (path.parent if path else Path("runs")) / "artifacts"
 
 
 def check_url(url: str) -> None:

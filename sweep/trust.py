@@ -28,7 +28,8 @@ from sweep.analysis import (
     range_test_diverged,
 )
 from sweep.objective import TrialPlan
-from sweep.recipe import Recipe
+from sweep.recipe import Recipe, run_config
+from sweep.runs import confirm_study, range_study
 from train_core.errors import InputError
 from train_core.trainer import StepMetrics, train
 
@@ -37,15 +38,8 @@ def run_range_test(
     recipe: Recipe, *, steps: int, lr_start: float, lr_end: float, storage: optuna.storages.BaseStorage
 ) -> tuple[RangeTestResult, list[tuple[float, float]]]:
     """One run whose LR grows geometrically from lr_start to lr_end over `steps`, stopped once it diverges."""
-    base = recipe.train
-    config = dataclasses.replace(
-        base,
-        schedule=dataclasses.replace(
-            base.schedule, shape="exponential", max_lr=lr_end, min_lr_ratio=lr_start / lr_end, warmup_steps=0,
-            max_steps=steps, decay_steps=None,
-        ),
-        eval=dataclasses.replace(base.eval, interval=steps),
-    )
+    config = run_config(recipe, lr=lr_end, min_lr_ratio=lr_start / lr_end, warmup_steps=0, steps=steps,
+                        shape="exponential", eval_interval=steps)
     curve: list[tuple[float, float]] = []
 
     def on_step(m: StepMetrics) -> bool:
@@ -55,7 +49,7 @@ def run_range_test(
 
     train(config, callback=on_step)
     result = analyse_range_test([lr for lr, _ in curve], [loss for _, loss in curve])
-    study = optuna.create_study(study_name=f"{recipe.name}-range", storage=storage, load_if_exists=True)
+    study = optuna.create_study(study_name=range_study(recipe.name), storage=storage, load_if_exists=True)
     trial = study.ask({"lr_start": FloatDistribution(lr_start, lr_start), "lr_end": FloatDistribution(lr_end, lr_end)})
     for step, (_, loss) in enumerate(curve):
         if math.isfinite(loss):
@@ -92,7 +86,7 @@ def run_confirm(
     anchor = next((t for t in complete if t.user_attrs.get("anchor")), None)
     if anchor is not None and all(anchor.params != c.params for c in chosen):
         chosen.append(anchor)
-    confirm = optuna.create_study(study_name=f"{study.study_name}-confirm", storage=storage, load_if_exists=True)
+    confirm = optuna.create_study(study_name=confirm_study(study.study_name), storage=storage, load_if_exists=True)
     done = {
         (t.params["lr"], t.params["warmup"], t.params["seed"]): t.value
         for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -104,8 +98,7 @@ def run_confirm(
         for seed in range(plan.seed + 1, plan.seed + seeds):
             if (lr, warmup, seed) not in done:
                 console.print(f"confirm: lr {lr:.3g} warmup {warmup} seed {seed}", highlight=False)
-                config = dataclasses.replace(plan.trial_config(lr=lr, warmup_steps=warmup), seed=seed)
-                value = train(config).final_val_loss
+                value = train(plan.trial_config(lr=lr, warmup_steps=warmup, seed=seed)).final_val_loss
                 trial = confirm.ask(
                     {"lr": FloatDistribution(lr, lr), "warmup": IntDistribution(warmup, warmup),
                      "seed": IntDistribution(seed, seed)}
