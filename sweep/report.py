@@ -16,7 +16,8 @@ ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2, Trial
 def trials_table(study: optuna.Study, *, title: str | None = None) -> Table:
     """Every trial, completed ones first by val loss, then pruned, failed, running."""
     table = Table(title=title, header_style="bold")
-    for name in ("#", "peak lr", "warmup", "val loss", "steps", "tok/s", "state", "why"):
+    # A pruned trial has no val loss; its last smoothed train loss is what the pruner judged, in a column of its own.
+    for name in ("#", "peak lr", "warmup", "val loss", "train loss", "steps", "tok/s", "state", "why"):
         table.add_column(name, justify="left" if name in ("state", "why") else "right")
 
     def key(t: FrozenTrial):
@@ -29,6 +30,7 @@ def trials_table(study: optuna.Study, *, title: str | None = None) -> Table:
             f"{t.params['lr']:.3g}" if "lr" in t.params else "",
             str(t.params.get("warmup", "")),
             f"{t.value:.4f}" if t.value is not None and t.state == TrialState.COMPLETE else "",
+            f"{t.intermediate_values[max(t.intermediate_values)]:.4f}" if t.intermediate_values else "",
             str(t.user_attrs.get("steps_done", len(t.intermediate_values))),
             f"{t.user_attrs['tokens_per_s']:,.0f}" if "tokens_per_s" in t.user_attrs else "",
             f"[{STATE_STYLE.get(t.state.name, '')}]{t.state.name}[/]",

@@ -7,7 +7,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from train_core.trainer import StepMetrics
@@ -96,8 +96,25 @@ class PlainView(SweepView):
         self.console.print(f"trial {trial.number} {trial.state.name}{value}{reason}{took}", highlight=False)
 
 
+def steps_run(trial: FrozenTrial) -> int:
+    """Optimizer steps a finished trial trained (a pruned one stopped early)."""
+    return int(trial.user_attrs.get("steps_done", len(trial.intermediate_values)))
+
+
+def eta_basis(finished_steps: list[int], *, steps: int) -> tuple[float, str]:
+    """Steps a trial that has not finished yet is expected to take, and what that expectation rests on: the mean of
+    the study's finished trials (pruned ones stop early), or every step while none has finished."""
+    if not finished_steps:
+        return float(steps), f"(an upper bound: every trial runs all {steps} steps)"
+    mean = sum(finished_steps) / len(finished_steps)
+    return mean, f"(finished trials ran {mean:.0f} of {steps} steps on average)"
+
+
 class LiveView(SweepView):
-    """Overall progress with ETA, the running trial's progress, and a table of trials, redrawn in place."""
+    """Overall progress with ETA, the running trial's progress, and a table of trials, redrawn in place.
+
+    The progress counts steps, so the ETA follows the work at the measured pace; trials yet to finish count the mean
+    steps of the finished ones, so the steps that pruning will save are not in it, and the bar says so."""
 
     MAX_ROWS = 20
 
@@ -106,15 +123,18 @@ class LiveView(SweepView):
         self.overall = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[trials]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
+            TextColumn("[dim]{task.fields[basis]}"),
             console=console,
         )
         self.rows: dict[int, dict] = {}
         self.best: float | None = None
         self.steps = 1
+        self.trials = 0
+        self.finished_steps: dict[int, int] = {}  # trial number -> steps it ran
         self.live = Live(console=console, refresh_per_second=4, get_renderable=self._render)
         self.task = None
 
@@ -126,12 +146,12 @@ class LiveView(SweepView):
         self.live.__exit__(*exc)
 
     def sweep_started(self, study: optuna.Study, *, trials: int, steps: int) -> None:
-        self.steps = steps
+        self.steps, self.trials = steps, trials
         for trial in study.trials:
             self._record(trial)
-        done = sum(r["state"] in ("COMPLETE", "PRUNED") for r in self.rows.values())
-        # Progress counts steps, so the ETA follows the work; a pruned trial's remaining steps count as done.
-        self.task = self.overall.add_task(f"{study.study_name}", total=trials * steps, completed=done * steps)
+        done = sum(self.finished_steps.values())
+        self.task = self.overall.add_task(f"{study.study_name}", total=None, completed=done, trials="", basis="")
+        self._update_total()
 
     def trial_started(self, number: int, *, lr: float, warmup: int) -> None:
         self.rows[number] = {"lr": lr, "warmup": warmup, "step": 0, "loss": math.nan, "tok_s": 0.0,
@@ -141,26 +161,36 @@ class LiveView(SweepView):
         row = self.rows[number]
         row.update(step=metrics.step + 1, loss=smoothed_loss, tok_s=metrics.tokens_per_s)
         self.overall.advance(self.task, 1)
+        self._update_total()
 
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        before = self.rows.get(trial.number, {}).get("step", 0)
         self._record(trial)
-        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            self.overall.advance(self.task, self.steps - before)
+        self._update_total()
 
     def poll(self, study: optuna.Study) -> None:
         super().poll(study)
-        done = 0
+        running = 0
         for trial in study.get_trials(deepcopy=False):
-            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                done += self.steps
-            elif trial.state == TrialState.RUNNING and trial.intermediate_values:
+            if trial.state == TrialState.RUNNING and trial.intermediate_values:
                 step = max(trial.intermediate_values)
                 self.rows[trial.number].update(step=step + 1, loss=trial.intermediate_values[step])
-                done += step + 1
-        self.overall.update(self.task, completed=done)
+                running += step + 1
+        self.overall.update(self.task, completed=sum(self.finished_steps.values()) + running)
+        self._update_total()
+
+    def _update_total(self) -> None:
+        """Total = steps the finished trials ran + the expected steps of the rest (running ones at least as far as
+        they got)."""
+        expected, basis = eta_basis(list(self.finished_steps.values()), steps=self.steps)
+        finished = len(self.finished_steps)
+        running = [r["step"] for r in self.rows.values() if r["state"] == "RUNNING"]
+        waiting = max(0, self.trials - finished - len(running))
+        total = sum(self.finished_steps.values()) + sum(max(expected, s) for s in running) + waiting * expected
+        self.overall.update(self.task, total=total, trials=f"{finished}/{self.trials} trials", basis=basis)
 
     def _record(self, trial: FrozenTrial) -> None:
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self.finished_steps[trial.number] = steps_run(trial)
         if trial.value is not None and trial.state == TrialState.COMPLETE:
             self.best = trial.value if self.best is None else min(self.best, trial.value)
         last_step = max(trial.intermediate_values, default=-1) + 1
@@ -178,7 +208,8 @@ class LiveView(SweepView):
 
     def _render(self) -> Group:
         table = Table(expand=False, header_style="bold")
-        for name in ("#", "peak lr", "warmup", "step", "loss", "val loss", "tok/s", "state", "why"):
+        # The running loss is the smoothed train loss; val loss exists only at a completed trial's end.
+        for name in ("#", "peak lr", "warmup", "step", "train loss", "val loss", "tok/s", "state", "why"):
             table.add_column(name, justify="right" if name not in ("state", "why") else "left")
         for number in sorted(self.rows)[-self.MAX_ROWS :]:
             r = self.rows[number]
@@ -189,7 +220,7 @@ class LiveView(SweepView):
                 str(r["warmup"]),
                 f"{r['step']}/{self.steps}",
                 "" if math.isnan(r["loss"]) else f"{r['loss']:.4f}",
-                "" if r["value"] is None else f"{r['value']:.4f}",
+                f"{r['value']:.4f}" if r["value"] is not None and r["state"] == "COMPLETE" else "",
                 f"{r['tok_s']:,.0f}",
                 f"[{style}]{r['state']}[/]",
                 r["reason"],
