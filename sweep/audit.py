@@ -28,6 +28,7 @@ from rich.table import Table
 
 from sweep.components import PRUNERS, make_pruner, pruning_start
 from sweep.stability import StabilityGuard, recovery_window
+from sweep.objective import PLAN_ATTR
 from train_core.errors import InputError
 from train_core.trainer import StepMetrics
 
@@ -188,7 +189,7 @@ def run_audit(
     pruners: tuple[str, ...] = PRUNERS,
 ) -> Audit:
     curves = load_curves(study, storage=storage, artifact_dir=artifact_dir)
-    steps = study.user_attrs["search_space"]["steps"]
+    steps = study.user_attrs[PLAN_ATTR]["steps"]
     initial_loss = math.log(yaml.safe_load(study.user_attrs["recipe"])["model"]["vocab_size"])
     shuffles = orders(curves, count=order_count, seed=seed)
     rows = []

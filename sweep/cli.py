@@ -248,20 +248,24 @@ def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | No
     from sweep.branches import BranchStore
     from sweep.components import make_pruner, make_sampler
     from sweep.objective import TrialPlan
-    from sweep.recipe import Warmup
+    from sweep.recipe import WarmupSpec
     from sweep.storage import check_url, scheme
 
-    search = recipe.search
-    lr_min, lr_max = lr_bounds or (search.lr_min, search.lr_max)
-    lr_min = args.lr_min if args.lr_min is not None else lr_min
-    lr_max = args.lr_max if args.lr_max is not None else lr_max
-    if lr_min >= lr_max:
-        raise InputError(f"--lr-min must be below --lr-max, got {lr_min:g} >= {lr_max:g}")
-    warmup = Warmup.parse(args.warmup, key="--warmup") if args.warmup is not None else search.warmup
-    too_long = [w for w in warmup.steps(steps) if w >= steps]
-    if too_long:
-        source = "--warmup" if args.warmup is not None else f"search.warmup in {recipe.path}"
-        raise InputError(f"{source} has {too_long[0]} steps, which must be below --steps {steps} (give fewer steps or fractions)")
+    lr_min, lr_max = lr_bounds or (None, None)
+    plan = TrialPlan.from_flags(
+        recipe=recipe,
+        steps=steps,
+        schedule=args.schedule,
+        lr_min=lr_min if args.lr_min is None else args.lr_min,
+        lr_max=lr_max if args.lr_max is None else args.lr_max,
+        warmup=None if args.warmup is None else WarmupSpec.parse(args.warmup, key="--warmup"),
+        seed=args.seed,
+        pruner_name=args.pruner,
+        study_dir=args.runs.study(_study_name(args, recipe, steps)),
+        checkpoint_every=args.ckpt_every,
+        branches=BranchStore(args.runs.branches(recipe.name)) if args.schedule == "wsd" else None,
+        guard_rules=args.guard,
+    )
     make_sampler(args.sampler, seed=0, n_finished=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
     make_pruner(args.pruner, steps=steps, warmup_steps=0)
     check_url(args.storage)
@@ -272,20 +276,7 @@ def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | No
         )
     if args.heartbeat >= args.grace:
         raise InputError(f"--heartbeat must be shorter than --grace, got {args.heartbeat:g} >= {args.grace:g}")
-    return TrialPlan(
-        recipe=recipe,
-        steps=steps,
-        schedule=args.schedule,
-        lr_min=lr_min,
-        lr_max=lr_max,
-        warmup=warmup,
-        seed=args.seed if args.seed is not None else recipe.train.seed,
-        pruner_name=args.pruner,
-        study_dir=args.runs.study(_study_name(args, recipe, steps)),
-        checkpoint_every=args.ckpt_every,
-        branches=BranchStore(args.runs.branches(recipe.name)) if args.schedule == "wsd" else None,
-        guard_rules=args.guard,
-    )
+    return plan
 
 
 def _study_name(args, recipe, steps: int) -> str:
@@ -362,7 +353,7 @@ def cmd_horizon(args, console: Console) -> int:
         raise InputError(f"--steps needs two or more horizons like 100,300,1000, got {args.steps}")
     plans = [_sweep_plan(args, recipe, steps=steps) for steps in sorted(set(args.steps))]
     open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)
-    if len({plan.warmup.steps(plan.steps) for plan in plans}) > 1:
+    if len({plan.warmups for plan in plans}) > 1:
         console.print("note: the warmup choices are fractions of the run, so every horizon warms up for another number "
                       "of steps, and a short warmup alone can lower (or destabilise) a horizon's best LR; --warmup in "
                       "steps (e.g. --warmup 30) holds it fixed", highlight=False)
@@ -432,19 +423,12 @@ def cmd_range(args, console: Console) -> int:
 
 def cmd_confirm(args, console: Console) -> int:
     from sweep.objective import TrialPlan
-    from sweep.recipe import Warmup, load_recipe
+    from sweep.recipe import load_recipe
     from sweep.trust import confirm_report, run_confirm
 
     recipe = load_recipe(resolve_study(args.study))
     storage, study = _existing_study(args.storage, _study_name(args, recipe, args.steps))
-    space = study.user_attrs.get("search_space")
-    if space is None:
-        raise InputError(f"study {study.study_name} was not made by `sweep lr` (it has no search_space attr)")
-    plan = TrialPlan(
-        recipe=recipe, steps=space["steps"], schedule=space["schedule"], lr_min=space["lr"][0], lr_max=space["lr"][1],
-        warmup=Warmup(choices=tuple(space["warmup"])), seed=space["seed"], pruner_name="none",
-        study_dir=args.runs.study(study.study_name), checkpoint_every=space["steps"],
-    )
+    plan = TrialPlan.from_study(study, recipe=recipe, study_dir=args.runs.study(study.study_name))
     results = run_confirm(study, plan, top=args.top, seeds=args.seeds, storage=storage, console=console)
     table, verdicts = confirm_report(results)
     console.print(table)

@@ -12,8 +12,8 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
-from sweep.objective import Objective, TrialPlan
-from sweep.recipe import Warmup
+from sweep.objective import PLAN_ATTR, Objective, TrialPlan
+from sweep.recipe import warmup_steps
 from sweep.runs import Runs
 from sweep.storage import mask, open_storage
 from sweep.view import SweepView
@@ -34,14 +34,11 @@ class SweepOutcome:
 def anchor_warmup(plan: TrialPlan) -> int:
     """The anchor trial's warmup: the study's anchor_warmup, else the choice nearest the recipe's warmup fraction."""
     search, sched = plan.recipe.search, plan.recipe.train.schedule
-    warmups = plan.warmup.steps(plan.steps)
     if search.anchor_warmup is not None:
-        target = Warmup(choices=(search.anchor_warmup,)).steps(plan.steps)[0]
+        target = warmup_steps(search.anchor_warmup, plan.steps)
     else:
         target = round(sched.warmup_steps / sched.max_steps * plan.steps)
-    if plan.warmup.is_range:
-        return min(max(target, warmups[0]), warmups[1])
-    return min(warmups, key=lambda w: (abs(w - target), w))
+    return plan.warmups.nearest(target)
 
 
 def run_sweep(
@@ -104,11 +101,11 @@ def open_study(
 ) -> optuna.Study:
     """Create the study (recipe, search space and the anchor trial enqueued) or load it, refusing another space."""
     storage = open_storage(storage_url)
-    space = plan.space()
+    space = plan.to_study_attr()
     grid = trial_grid(plan, grid_points=grid_points) if sampler == "grid" else None
     existing = _load_existing(storage, study_name)
     if existing is not None:
-        saved = existing.user_attrs.get("search_space")
+        saved = existing.user_attrs.get(PLAN_ATTR)
         if saved is not None and saved != json.loads(json.dumps(space)):
             raise InputError(
                 f"study {study_name} in {mask(storage_url)} was run with another search space ({_diff(saved, space)}); "
@@ -132,10 +129,10 @@ def open_study(
             n_startup_trials=startup_trials(trials),
             grid=grid,
         ),
-        pruner=make_pruner(plan.pruner_name, steps=plan.steps, warmup_steps=max(plan.warmup.steps(plan.steps))),
+        pruner=make_pruner(plan.pruner_name, steps=plan.steps, warmup_steps=plan.warmups.longest),
     )
     if existing is None:
-        study.set_user_attr("search_space", space)
+        study.set_user_attr(PLAN_ATTR, space)
         study.set_user_attr("recipe", plan.recipe.text)
         study.set_user_attr("recipe_name", plan.recipe.name)
         study.set_user_attr("recipe_digest", plan.recipe.digest)
@@ -219,7 +216,7 @@ def trial_grid(plan: TrialPlan, *, grid_points: int) -> dict[str, list]:
     """The grid sampler's points: log-spaced LRs (the anchor's among them) x the warmup choices."""
     return {
         "lr": lr_grid(lr_min=plan.lr_min, lr_max=plan.lr_max, points=grid_points, anchor_lr=plan.recipe.search.anchor_lr),
-        "warmup": list(plan.warmup.steps(plan.steps)) if not plan.warmup.is_range else _range_grid(plan, grid_points),
+        "warmup": plan.warmups.grid(grid_points),
     }
 
 
@@ -228,11 +225,6 @@ def grid_trials(plan: TrialPlan, *, grid_points: int) -> int:
     (a trial that reuses the anchor's result)."""
     grid = trial_grid(plan, grid_points=grid_points)
     return len(grid["lr"]) * len(grid["warmup"]) + 1
-
-
-def _range_grid(plan: TrialPlan, points: int) -> list[int]:
-    low, high = plan.warmup.steps(plan.steps)
-    return sorted({round(low + (high - low) * i / max(points - 1, 1)) for i in range(points)})
 
 
 def _diff(saved: dict, space: dict) -> str:

@@ -19,26 +19,29 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from sweep.branches import BranchStore
 from sweep.components import pruning_start
-from sweep.recipe import Recipe, Warmup, run_config
+from sweep.recipe import Recipe, WarmupSpec, WarmupSteps, run_config
 from sweep.stability import StabilityGuard, recovery_window
 from sweep.view import SweepView
 from sweep.workers import Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root
 from train_core.config import TrainConfig
+from train_core.errors import InputError
 from train_core.trainer import StepMetrics, train
 
+PLAN_ATTR = "search_space"  # the study user attr that keeps TrialPlan.to_study_attr()
 CURVE_COLUMNS = ("step", "loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "val_loss")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrialPlan:
-    """Everything a trial needs besides its two hyperparameters."""
+    """Everything a trial needs besides its two hyperparameters. Made from the sweep's flags by `from_flags`, and
+    from the study it describes by `from_study` (its inverse)."""
 
     recipe: Recipe
     steps: int
     schedule: Literal["cosine", "constant", "wsd"]
     lr_min: float
     lr_max: float
-    warmup: Warmup
+    warmups: WarmupSteps
     seed: int
     pruner_name: str
     study_dir: Path  # trial folders go to study_dir/trial-N (checkpoints while running, the loss curve after)
@@ -46,12 +49,57 @@ class TrialPlan:
     branches: BranchStore | None = None  # wsd: trials start from a shorter trial's stable phase when one is stored
     guard_rules: Literal["all", "nonfinite"] = "all"  # nonfinite: complete curves for `sweep audit`
 
-    def space(self) -> dict:
-        """The search space as plain values; a study keeps it and refuses to continue with another one."""
+    @staticmethod
+    def from_flags(
+        *,
+        recipe: Recipe,
+        steps: int,
+        schedule: Literal["cosine", "constant", "wsd"],
+        lr_min: float | None,
+        lr_max: float | None,
+        warmup: WarmupSpec | None,
+        seed: int | None,
+        pruner_name: str,
+        study_dir: Path,
+        checkpoint_every: int,
+        branches: BranchStore | None = None,
+        guard_rules: Literal["all", "nonfinite"] = "all",
+    ) -> "TrialPlan":
+        """The plan the sweep flags describe; None takes the recipe's value. Bad values are InputErrors naming the flag."""
+        search = recipe.search
+        lr_min = search.lr_min if lr_min is None else lr_min
+        lr_max = search.lr_max if lr_max is None else lr_max
+        if lr_min >= lr_max:
+            raise InputError(f"--lr-min must be below --lr-max, got {lr_min:g} >= {lr_max:g}")
+        warmups = (search.warmup if warmup is None else warmup).in_steps(steps)
+        if warmups.longest >= steps:
+            source = "--warmup" if warmup is not None else f"search.warmup in {recipe.path}"
+            raise InputError(f"{source} has {warmups.longest} steps, which must be below --steps {steps} "
+                             "(give fewer steps or fractions)")
+        return TrialPlan(
+            recipe=recipe, steps=steps, schedule=schedule, lr_min=lr_min, lr_max=lr_max, warmups=warmups,
+            seed=recipe.train.seed if seed is None else seed, pruner_name=pruner_name, study_dir=study_dir,
+            checkpoint_every=checkpoint_every, branches=branches, guard_rules=guard_rules,
+        )
+
+    @staticmethod
+    def from_study(study: optuna.Study, *, recipe: Recipe, study_dir: Path) -> "TrialPlan":
+        """The plan a study was swept with (to re-run its trials: no pruner, one checkpoint at the end)."""
+        attr = study.user_attrs.get(PLAN_ATTR)
+        if attr is None:
+            raise InputError(f"study {study.study_name} was not made by `sweep lr` (it has no {PLAN_ATTR} attr)")
+        return TrialPlan(
+            recipe=recipe, steps=attr["steps"], schedule=attr["schedule"], lr_min=attr["lr"][0], lr_max=attr["lr"][1],
+            warmups=WarmupSteps(values=tuple(attr["warmup"]), is_range=attr.get("warmup_is_range", False)),
+            seed=attr["seed"], pruner_name="none", study_dir=study_dir, checkpoint_every=attr["steps"],
+        )
+
+    def to_study_attr(self) -> dict:
+        """What the trials of a study share, as plain values: the study keeps it and refuses to continue with another."""
         return {
             "lr": [self.lr_min, self.lr_max],
-            "warmup": list(self.warmup.steps(self.steps)),
-            "warmup_is_range": self.warmup.is_range,
+            "warmup": list(self.warmups.values),
+            "warmup_is_range": self.warmups.is_range,
             "steps": self.steps,
             "schedule": self.schedule,
             "seed": self.seed,
@@ -93,7 +141,7 @@ class Objective:
         self.view = view
         self.artifact_store = artifact_store
         self.liveness = liveness
-        self.prune_from = pruning_start(steps=plan.steps, warmup_steps=max(plan.warmup.steps(plan.steps)))
+        self.prune_from = pruning_start(steps=plan.steps, warmup_steps=plan.warmups.longest)
         self.interrupts = interrupts
         self.trial_id: int | None = None  # of the trial this objective ran last
 
@@ -101,11 +149,7 @@ class Objective:
         self.trial_id = trial._trial_id
         plan = self.plan
         lr = trial.suggest_float("lr", plan.lr_min, plan.lr_max, log=True)
-        warmups = plan.warmup.steps(plan.steps)
-        if plan.warmup.is_range:
-            warmup = trial.suggest_int("warmup", warmups[0], warmups[1])
-        else:
-            warmup = trial.suggest_categorical("warmup", list(warmups))
+        warmup = plan.warmups.suggest(trial)
         if (twin := _finished_twin(trial)) is not None:
             # Nothing will train in this trial's folder: for a retry it holds the dead trial's checkpoints.
             shutil.rmtree(plan.study_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}", ignore_errors=True)

@@ -40,35 +40,63 @@ _Loader.add_implicit_resolver(
 
 
 @dataclass(frozen=True, kw_only=True)
-class Warmup:
-    """The warmup choices: a list of values, or a range; ints count steps, floats below 1 are fractions of a run."""
+class WarmupSpec:
+    """Warmups as a recipe or --warmup gives them: a list of choices, or a {min, max} range (`is_range`); an int is a
+    step count, a float below 1 a fraction of the run. `in_steps` turns them into one sweep's warmups."""
 
-    choices: tuple[float, ...] | None = None
-    low: float | None = None
-    high: float | None = None
+    values: tuple[float, ...]  # the choices; for a range, (min, max)
+    is_range: bool = False
 
     @staticmethod
-    def parse(value: Any, *, key: str) -> "Warmup":
+    def parse(value: Any, *, key: str) -> "WarmupSpec":
         if isinstance(value, dict):
             if set(value) != {"min", "max"}:
                 raise InputError(f"{key} as a range must have exactly the keys min and max, got {sorted(value)}")
             low, high = (_warmup_value(value[k], key=f"{key}.{k}") for k in ("min", "max"))
-            if _steps_at(low, 1000) > _steps_at(high, 1000):
+            if warmup_steps(low, 1000) > warmup_steps(high, 1000):
                 raise InputError(f"{key}.min must be <= {key}.max, got {low!r} > {high!r}")
-            return Warmup(low=low, high=high)
+            return WarmupSpec(values=(low, high), is_range=True)
         if isinstance(value, list) and value:
-            return Warmup(choices=tuple(_warmup_value(v, key=key) for v in value))
+            return WarmupSpec(values=tuple(_warmup_value(v, key=key) for v in value))
         raise InputError(f"{key} must be a non-empty list of warmups or {{min: .., max: ..}}, got {value!r}")
 
-    def steps(self, steps: int) -> tuple[int, ...] | tuple[int, int]:
-        """The choices (sorted, unique) or the (low, high) range in optimizer steps for a run of `steps` steps."""
-        if self.choices is not None:
-            return tuple(sorted({_steps_at(v, steps) for v in self.choices}))
-        return _steps_at(self.low, steps), _steps_at(self.high, steps)
+    def in_steps(self, steps: int) -> "WarmupSteps":
+        """The warmups of a sweep whose trials run `steps` steps."""
+        if self.is_range:
+            return WarmupSteps(values=tuple(warmup_steps(v, steps) for v in self.values), is_range=True)
+        return WarmupSteps(values=tuple(sorted({warmup_steps(v, steps) for v in self.values})))
+
+
+@dataclass(frozen=True, kw_only=True)
+class WarmupSteps:
+    """One sweep's warmups in optimizer steps: the sorted `values` to choose from, or, with `is_range`, every step
+    count from values[0] to values[1]. The one form trials, grids, the anchor and the study's record use."""
+
+    values: tuple[int, ...]
+    is_range: bool = False
 
     @property
-    def is_range(self) -> bool:
-        return self.choices is None
+    def longest(self) -> int:
+        return self.values[-1]
+
+    def suggest(self, trial) -> int:
+        """The trial's warmup, drawn by its sampler (an `optuna.Trial`)."""
+        if self.is_range:
+            return trial.suggest_int("warmup", self.values[0], self.values[1])
+        return trial.suggest_categorical("warmup", list(self.values))
+
+    def grid(self, points: int) -> list[int]:
+        """The grid sampler's warmups: the choices, or `points` evenly spaced over the range."""
+        if not self.is_range:
+            return list(self.values)
+        low, high = self.values
+        return sorted({round(low + (high - low) * i / max(points - 1, 1)) for i in range(points)})
+
+    def nearest(self, target: int) -> int:
+        """The warmup closest to `target` (the shorter one on a tie)."""
+        if self.is_range:
+            return min(max(target, self.values[0]), self.values[1])
+        return min(self.values, key=lambda w: (abs(w - target), w))
 
 
 def _warmup_value(value: Any, *, key: str) -> float:
@@ -79,17 +107,21 @@ def _warmup_value(value: Any, *, key: str) -> float:
     return value
 
 
-def _steps_at(value: float, steps: int) -> int:
+def warmup_steps(value: float, steps: int) -> int:
+    """A warmup as written (steps, or a fraction of the run) in steps of a `steps`-step run."""
     return int(value) if isinstance(value, int) else round(value * steps)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SearchSpace:
+class SearchDefaults:
+    """The recipe's `search` section: the published anchor LR, and the bounds, warmups and trial count a sweep takes
+    unless its flags say otherwise."""
+
     anchor_lr: float
     anchor_source: str
     lr_min: float
     lr_max: float
-    warmup: Warmup
+    warmup: WarmupSpec
     anchor_warmup: float | None  # None: the warmup choice closest to the recipe's own warmup fraction
     trials: int
 
@@ -100,7 +132,7 @@ class Recipe:
     path: Path
     text: str  # the YAML as written, stored with the study
     train: TrainConfig
-    search: SearchSpace
+    search: SearchDefaults
 
     @property
     def digest(self) -> str:
@@ -170,7 +202,7 @@ def load_recipe(path: str | Path) -> Recipe:
     return Recipe(name=str(name), path=path, text=text, train=train, search=search)
 
 
-def _parse_search(values: Any, train: TrainConfig) -> SearchSpace:
+def _parse_search(values: Any, train: TrainConfig) -> SearchDefaults:
     if not isinstance(values, dict):
         raise InputError("the search section is required: at least search.anchor_lr, the published peak LR")
     unknown = sorted(set(values) - set(SEARCH_KEYS))
@@ -183,14 +215,14 @@ def _parse_search(values: Any, train: TrainConfig) -> SearchSpace:
     lr_max = _positive(values.get("lr_max", anchor * 4), "search.lr_max")
     if lr_min >= lr_max:
         raise InputError(f"search.lr_min must be < search.lr_max, got {lr_min:g} >= {lr_max:g}")
-    warmup = Warmup.parse(values.get("warmup", [0.0, 0.05, 0.1]), key="search.warmup")
+    warmup = WarmupSpec.parse(values.get("warmup", [0.0, 0.05, 0.1]), key="search.warmup")
     anchor_warmup = values.get("anchor_warmup")
     if anchor_warmup is not None:
         anchor_warmup = _warmup_value(anchor_warmup, key="search.anchor_warmup")
     trials = values.get("trials", 8)
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise InputError(f"search.trials must be a positive integer, got {trials!r}")
-    return SearchSpace(
+    return SearchDefaults(
         anchor_lr=anchor,
         anchor_source=str(values.get("anchor_source", "")),
         lr_min=lr_min,
