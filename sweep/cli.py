@@ -335,6 +335,8 @@ def cmd_lr(args, console: Console) -> int:
                       highlight=False)
     if outcome.stopped_by_failures:
         console.print("stopped: the last trials all failed; see fail_reason in the table above", highlight=False)
+    for line in outcome.workers:
+        console.print(line, highlight=False)
     for lost in outcome.lost_workers:
         console.print(f"{lost}; a trial it left running is retried from its checkpoint by the other workers or by the "
                       "next run of this command", highlight=False)

@@ -17,7 +17,19 @@ from sweep.recipe import warmup_steps
 from sweep.runs import Runs
 from sweep.storage import mask, open_storage
 from sweep.view import SweepView
-from sweep.workers import FINISHED, Budget, Interrupts, Liveness, reap_dead_trials, run_worker_processes, was_reaped
+from sweep.workers import (
+    FINISHED,
+    Budget,
+    Interrupts,
+    Liveness,
+    describe_workers,
+    reap_dead_trials,
+    run_worker_processes,
+    threads_per_worker,
+    visible_gpus,
+    was_reaped,
+    worker_gpus,
+)
 from train_core.errors import InputError
 
 MAX_CONSECUTIVE_FAILURES = 3  # failures do not count towards --trials; stop a sweep whose every trial crashes
@@ -29,6 +41,7 @@ class SweepOutcome:
     plot: Path | None
     stopped_by_failures: bool
     lost_workers: list[str]  # `--workers` children that neither finished nor stopped on failures, and how they ended
+    workers: list[str]  # `--workers`: the devices they ran on, a line each (empty for a single process)
 
 
 def anchor_warmup(plan: TrialPlan) -> int:
@@ -70,17 +83,19 @@ def run_sweep(
     )
     artifact_store = FileSystemArtifactStore(_mkdir(runs.artifacts(storage_url)))
     view.sweep_started(study, trials=trials, steps=plan.steps)
-    lost = []
+    lost, devices = [], []
     if workers > 1:
-        codes = run_worker_processes(study, argv=worker_argv, workers=workers, view=view, poll_every=1.0)
+        gpus = worker_gpus(workers=workers, gpus=visible_gpus())
+        codes = run_worker_processes(study, argv=worker_argv, workers=workers, gpus=gpus, view=view, poll_every=1.0)
         stopped = 1 in codes  # a worker exits 1 when its trials kept failing (see cmd_lr)
         lost = [f"worker {i} of {workers} {_how_it_ended(code)}" for i, code in enumerate(codes, 1) if code not in (0, 1)]
+        devices = describe_workers(study, gpus=gpus, threads=threads_per_worker(workers))
     else:
         stopped = run_trials(
             study, plan, trials=trials, timeout=timeout, view=view, liveness=liveness, artifact_store=artifact_store
         )
     plot = save_lr_plot(study, path=runs.lr_plot(storage_url, study_name), artifact_store=artifact_store)
-    return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped, lost_workers=lost)
+    return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped, lost_workers=lost, workers=devices)
 
 
 def _how_it_ended(code: int) -> str:

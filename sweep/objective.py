@@ -25,7 +25,7 @@ from sweep.view import SweepView
 from sweep.workers import Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root
 from train_core.config import TrainConfig
 from train_core.errors import InputError
-from train_core.trainer import StepMetrics, train
+from train_core.trainer import StepMetrics, device_label, resolve_device, train
 
 PLAN_ATTR = "search_space"  # the study user attr that keeps TrialPlan.to_study_attr()
 CURVE_COLUMNS = ("step", "loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "val_loss")
@@ -195,6 +195,7 @@ class Objective:
         trial.set_user_attr("seed", plan.seed)
         trial.set_user_attr("config_hash", _config_hash(config))
         trial.set_user_attr("recipe_digest", plan.recipe.digest)
+        trial.set_user_attr("device", device_label(resolve_device(config.device)))
         if commit := git_commit():
             trial.set_user_attr("git_commit", commit)
         started = time.perf_counter()

@@ -182,15 +182,52 @@ class Budget:
         return not self.done and (self.waiting > 0 or self.finished + self.running < self.total)
 
 
-def run_worker_processes(study: optuna.Study, *, argv: list[str], workers: int, view, poll_every: float) -> list[int]:
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand to its workers: the entries of CUDA_VISIBLE_DEVICES when it is set, else one
+    per device torch counts (none without CUDA)."""
+    if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
+    import torch
+
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def threads_per_worker(workers: int) -> int:
+    """Each of `workers` processes on this machine gets an equal share of its cores."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def worker_gpus(*, workers: int, gpus: list[str]) -> list[str | None]:
+    """Worker i's GPU (i from 0): gpus[i mod len(gpus)], so 16 workers on 8 GPUs put two on each; None without GPUs."""
+    return [gpus[index % len(gpus)] if gpus else None for index in range(workers)]
+
+
+def describe_workers(study: optuna.Study, *, gpus: list[str | None], threads: int) -> list[str]:
+    """A line per device for the summary: which workers it had and what their trials ran on (the `device` attr)."""
+    if not any(gpus):
+        return [f"workers: {len(gpus)} on the CPU, {threads} torch thread(s) each"]
+    trials = study.get_trials(deepcopy=False)
+    lines = []
+    for gpu in dict.fromkeys(gpus):
+        numbers = ", ".join(str(index) for index, assigned in enumerate(gpus, 1) if assigned == gpu)
+        ran = sorted({t.user_attrs["device"] for t in trials
+                      if t.user_attrs.get("device", "").endswith(f"CUDA_VISIBLE_DEVICES={gpu})")})
+        lines.append(f"GPU {gpu}: worker {numbers} (CUDA_VISIBLE_DEVICES={gpu})"
+                     + (f"; trials ran on {', '.join(ran)}" if ran else ""))
+    return lines
+
+
+def run_worker_processes(study: optuna.Study, *, argv: list[str], workers: int, gpus: list[str | None], view,
+                         poll_every: float) -> list[int]:
     """Start `workers` copies of this sweep (argv: `python -m sweep lr ...` for one worker), each with an equal share
-    of the cores, and show their combined progress from the storage until all exit; their exit codes, in order
-    (negative: killed by that signal)."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    command = [sys.executable, "-m", "sweep", *argv, "--threads", str(threads), "--quiet"]
+    of the cores and, where `gpus` (one per worker, from worker_gpus) names one, that GPU alone: CUDA_VISIBLE_DEVICES
+    is set before the worker imports torch, so its `device: auto` is that GPU, as cuda:0. Shows their combined
+    progress from the storage until all exit; their exit codes, in order (negative: killed by that signal)."""
+    command = [sys.executable, "-m", "sweep", *argv, "--threads", str(threads_per_worker(workers)), "--quiet"]
     procs = [
-        subprocess.Popen([*command, "--worker-index", str(index)], stdout=subprocess.DEVNULL)
-        for index in range(1, workers + 1)
+        subprocess.Popen([*command, "--worker-index", str(index)], stdout=subprocess.DEVNULL,
+                         env=os.environ | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+        for index, gpu in enumerate(gpus, 1)
     ]
     exited = threading.Event()  # never set: waits on it are timed polls of the storage
     try:

@@ -14,7 +14,7 @@ from train_core.data import TokenData, write_nanogpt_bin
 from train_core.errors import InputError
 from train_core.model import GPT
 from train_core.tokenizer import gpt2_encoding
-from train_core.trainer import make_optimizer, train
+from train_core.trainer import build_model, make_optimizer, train
 
 CPU = torch.device("cpu")
 
@@ -245,3 +245,16 @@ def test_a_checkpoint_from_a_run_whose_lr_already_differed_is_refused(make_confi
     CheckpointManager(tmp_path / "long").adopt(tmp_path / "short" / "step-00000008.pt", step=8)
     with pytest.raises(InputError, match="different schedule"):
         train(make_config(schedule={"max_steps": 20}), out_dir=tmp_path / "long")
+
+
+@pytest.mark.slow
+def test_compiled_runs_of_one_process_share_one_compiled_model_and_start_from_their_own_weights(make_config):
+    """Two compiled trials in one worker process: the second reuses the first's compiled model instead of compiling
+    again, yet starts from the seed's initial weights, so both follow their uncompiled runs' losses."""
+    runs = [{"schedule": {"max_steps": 3}}, {"schedule": {"max_steps": 3, "max_lr": 3e-3}}]
+    compiled = [build_model(make_config(compile=True, **run), CPU)[1] for run in runs]
+    assert compiled[0] is compiled[1] and compiled[0] is not build_model(make_config(), CPU)[1]
+    losses = [train(make_config(compile=True, **run)).losses for run in runs]
+    eager = [train(make_config(**run)).losses for run in runs]
+    assert losses[0] != losses[1]
+    np.testing.assert_allclose(losses, eager, rtol=1e-4)

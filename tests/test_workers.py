@@ -9,15 +9,18 @@ import os
 import random
 import re
 import signal
+import subprocess
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 from sweep_fixtures import run_lr, study_values, write_study, write_token_files
 from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixture)
+    SUBPROCESS_ENV,
     checkpoints,
     delete_study,
     load_study,
@@ -33,7 +36,7 @@ from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixtur
 )
 
 from sweep.storage import open_storage
-from sweep.workers import FINISHED, Budget, Heartbeat, Liveness, reap_dead_trials, resume_root
+from sweep.workers import FINISHED, Budget, Heartbeat, Liveness, reap_dead_trials, resume_root, visible_gpus, worker_gpus
 from train_core.errors import InputError
 
 DIED = re.compile(r"^worker died: no heartbeat for \d+s$")
@@ -524,3 +527,42 @@ class Watcher:
             return None
         self.seen.update(busy.values())
         return busy
+
+
+# --- one worker per GPU -------------------------------------------------------------------------------------------
+
+
+def test_each_worker_gets_gpu_i_mod_the_gpu_count():
+    gpus = [str(i) for i in range(8)]
+    assert worker_gpus(workers=8, gpus=gpus) == gpus
+    packed = worker_gpus(workers=16, gpus=gpus)
+    assert packed == gpus + gpus  # two workers on each GPU
+    assert worker_gpus(workers=3, gpus=["2", "5"]) == ["2", "5", "2"]
+    assert worker_gpus(workers=2, gpus=[]) == [None, None]  # no GPU: the workers split the cores
+
+
+def test_the_gpus_to_hand_out_are_the_visible_ones(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5,")
+    assert visible_gpus() == ["3", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpus() == [str(i) for i in range(torch.cuda.device_count())]
+
+
+@pytest.mark.slow
+def test_workers_on_a_node_of_two_gpus_each_see_their_own_and_the_summary_says_which(study_file, tmp_path):
+    """CUDA_VISIBLE_DEVICES=5,7 stands for a node with two GPUs (no GPU is needed: the workers then train on the
+    CPU): 3 workers get GPUs 5, 7 and 5, each set before the worker imports torch, and the summary says so."""
+    log = tmp_path / "parent.log"
+    command = sweep_command(study_file, "store/sweep.log", "gpus", "--trials", "3", "--pruner", "none",
+                            "--workers", "3", steps=4)
+    with open(log, "wb") as out:
+        parent = subprocess.Popen(command, cwd=tmp_path, env=SUBPROCESS_ENV | {"CUDA_VISIBLE_DEVICES": "5,7"},
+                                  stdout=out, stderr=subprocess.STDOUT)
+    assert wait_exit(parent, timeout=180, log=log) == 0, tail(log)
+    output = log.read_text()
+    assert "GPU 5: worker 1, 3 (CUDA_VISIBLE_DEVICES=5)" in output, output
+    assert "GPU 7: worker 2 (CUDA_VISIBLE_DEVICES=7)" in output, output
+    devices = {t.user_attrs["device"] for t in load_study(str(tmp_path / "store" / "sweep.log"), "gpus").get_trials()}
+    assert devices <= {"cpu (CUDA_VISIBLE_DEVICES=5)", "cpu (CUDA_VISIBLE_DEVICES=7)"} and devices, devices

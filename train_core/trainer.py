@@ -13,6 +13,7 @@ the callback.
 
 import contextlib
 import functools
+import json
 import math
 import os
 import time
@@ -67,13 +68,21 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
+    """`auto`: CUDA, else MPS, else the CPU. On CUDA one GPU per torchrun process (its LOCAL_RANK); a `--workers`
+    worker sees only the GPU it was given, as cuda:0."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device(name)
+
+
+def device_label(device: torch.device) -> str:
+    """What a run trained on, for people: 'cuda:0 (NVIDIA H100 80GB HBM3, CUDA_VISIBLE_DEVICES=3)', 'cpu'."""
+    details = [torch.cuda.get_device_name(device)] if device.type == "cuda" else []
+    if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        details.append(f"CUDA_VISIBLE_DEVICES={visible}")
+    return f"{device}" + (f" ({', '.join(details)})" if details else "")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -85,6 +94,33 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+# (model config, device) -> the model a process compiled for it, and its compiled wrapper: see build_model
+_COMPILED: dict[tuple[str, str], tuple[GPT, torch.nn.Module]] = {}
+
+
+def build_model(config: TrainConfig, device: torch.device) -> tuple[GPT, torch.nn.Module]:
+    """The model at the seed's initial weights, and what runs its steps: the model itself, or with `compile` its
+    torch.compile wrapper.
+
+    torch.compile traces one module object: a new model per trial would compile again in every trial (tens of seconds
+    for GPT-2 124M) and, past torch's recompile limit, run uncompiled. So a process compiles one model per model
+    config and device, and each later run loads its freshly initialised weights into it.
+    """
+    torch.manual_seed(config.seed)  # same seed, same initial weights: trials of a study are paired
+    fresh = GPT(config.model).to(device)
+    if not config.compile:
+        return fresh, fresh
+    key = (json.dumps(asdict(config.model), sort_keys=True), str(device))
+    if key not in _COMPILED:
+        _COMPILED[key] = (fresh, torch.compile(fresh))
+        return _COMPILED[key]
+    model, compiled = _COMPILED[key]
+    model.load_state_dict(fresh.state_dict())
+    model.zero_grad(set_to_none=True)  # a run that stopped mid-step left its gradients
+    model.train()
+    return model, compiled
 
 
 def make_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -134,6 +170,8 @@ def _train(
 ) -> TrainResult:
     is_main = rank == 0
     device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # else every torchrun rank would also open a context on GPU 0
     autocast_dtype = resolve_dtype(config.dtype, device)
     grad_accum = config.grad_accum_steps(world_size=world_size)
     checkpoints = CheckpointManager(out_dir, keep_last=config.checkpoint.keep_last) if out_dir else None
@@ -145,8 +183,7 @@ def _train(
     with _rank_zero_first(world_size, is_main):
         train_data, val_data = open_data(config.data, vocab_size=config.model.vocab_size, progress=is_main)
 
-    torch.manual_seed(config.seed)  # same seed, same initial weights: trials of a study are paired
-    raw_model = GPT(config.model).to(device)
+    raw_model, model = build_model(config, device)
     optimizer = make_optimizer(raw_model, config, device)
     start_step, best_val_loss = 0, None
     state = checkpoints.load_latest(map_location=device) if checkpoints else None
@@ -155,11 +192,10 @@ def _train(
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["cpu"].cpu())
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu())
+        if device.type == "cuda" and "cuda" in state["rng"]:  # absent in a checkpoint written on a CPU
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
         start_step, best_val_loss = state["step"], state["best_val_loss"]
 
-    model = torch.compile(raw_model) if config.compile else raw_model
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = functools.partial(
@@ -187,7 +223,7 @@ def _train(
     def snapshot(step_done: int) -> dict:
         rng = {"cpu": torch.get_rng_state()}
         if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state()
+            rng["cuda"] = torch.cuda.get_rng_state(device)
         return {
             "model": raw_model.state_dict(),
             "optimizer": optimizer.state_dict(),
