@@ -54,6 +54,11 @@ class PowerLaw:
     def predict(self, tokens: float) -> float:
         return self.coefficient * tokens**self.exponent
 
+    @property
+    def exponent_standard_error(self) -> float:
+        """One standard error of the fitted exponent (the slope in log-log); nan with only two points."""
+        return self.residual_sd / math.sqrt(self.sxx) if self.n > 2 else math.nan
+
     def uncertainty_factor(self, tokens: float) -> float:
         """One standard error of the prediction at `tokens`, as a multiplicative factor (lr x/÷ factor)."""
         if self.n <= 2:

@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     hz.add_argument("--max-steps", type=_positive_int, help="extrapolate to this run length (default: the recipe's max_steps)")
     _add_sweep_flags(hz, sampler="grid")  # the same LRs at every horizon, each curve's bottom between neighbours
 
+    tf = commands.add_parser("transfer", help="μP: sweep the same LR grid at several widths; does the best LR hold?")
+    tf.add_argument("--widths", type=width_list, required=True, help="model widths (n_embd), e.g. 64,128,256")
+    tf.add_argument("--steps", type=_positive_int, default=300, help="optimizer steps per trial, every width (default 300)")
+    tf.add_argument("--parametrization", choices=("mup", "sp"), help="default: the recipe's model.parametrization")
+    _add_sweep_flags(tf, sampler="grid")
+    tf.set_defaults(pruner="none")  # every width's whole loss-vs-LR curve is the evidence
+
     rg = commands.add_parser("range", help="LR range test: one run with an exponentially growing LR")
     rg.add_argument("--study", default="default", help="study file, or a name from studies/")
     rg.add_argument("--steps", type=_positive_int, default=100, help="steps of the ramp (default 100)")
@@ -387,6 +394,33 @@ def cmd_horizon(args, console: Console) -> int:
     return 0
 
 
+def cmd_transfer(args, console: Console) -> int:
+    from sweep.recipe import load_recipe
+    from sweep.storage import artifact_dir, open_storage
+    from sweep.transfer import report_lines, save_transfer_plot, store_transfer, fit_transfer, width_recipe
+
+    recipe = load_recipe(resolve_study(args.study))
+    if args.study_name:
+        raise InputError("transfer names its studies <study>-<parametrization>-w<width>-<steps>; --study-name is not taken here")
+    parametrization = args.parametrization or recipe.train.model.parametrization
+    plans = {w: _sweep_plan(args, width_recipe(recipe, n_embd=w, parametrization=parametrization), steps=args.steps)
+             for w in args.widths}
+    open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    studies = {w: _run_sweep(args, console, plan).study for w, plan in plans.items()}
+    fit = fit_transfer(studies, parametrization=parametrization, steps=args.steps)
+    name = "μP" if parametrization == "mup" else "SP"
+    plot = save_transfer_plot(fit, Path("runs") / f"{recipe.name}-transfer-{parametrization}.png",
+                              title=f"{recipe.name}, {name}, {args.steps} steps")
+    summary = store_transfer(fit, storage=open_storage(args.storage), recipe_name=recipe.name, plot=plot,
+                             artifact_dir=artifact_dir(args.storage))
+    for line in report_lines(fit):
+        console.print(line, highlight=False)
+    console.print(f"plot: {plot}; stored in study {summary.study_name}", highlight=False)
+    return 0
+
+
 def _shared_prefix(studies) -> str:
     """How many steps the WSD trials trained, against training each from step 0."""
     trained = full = branched = 0
@@ -575,6 +609,7 @@ def cmd_audit(args, console: Console) -> int:
 COMMANDS = {
     "lr": cmd_lr,
     "horizon": cmd_horizon,
+    "transfer": cmd_transfer,
     "range": cmd_range,
     "confirm": cmd_confirm,
     "train": cmd_train,

@@ -1,5 +1,6 @@
 """The LR x warmup sweep: an Optuna study of short trials, continued until it holds `trials` finished trials."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -151,6 +152,7 @@ def open_study(
         study.set_user_attr("recipe", plan.recipe.text)
         study.set_user_attr("recipe_name", plan.recipe.name)
         study.set_user_attr("recipe_digest", plan.recipe.digest)
+        study.set_user_attr("model", dataclasses.asdict(plan.recipe.train.model))  # as trained: transfer widens it
         study.set_user_attr("anchor_lr", plan.recipe.search.anchor_lr)
         study.set_user_attr("anchor_source", plan.recipe.search.anchor_source)
         study.set_user_attr("pruner", plan.pruner_name)

@@ -161,6 +161,30 @@ class HorizonFit:
         return self.law.exponent
 
 
+@dataclass(frozen=True)
+class CurveBottom:
+    lr: float  # the bottom of the study's loss-vs-LR curve; at_edge: the lowest-loss LR, only a bound
+    at_edge: bool  # the lowest loss came at the lowest or highest LR tried: the bottom lies beyond the range
+    warmup: int  # the winner's warmup, whose trials the curve is made of (when three or more)
+    curve: list[tuple[float, float]]  # (lr, final val loss) of those trials, by LR
+
+
+def curve_bottom(study: optuna.Study) -> CurveBottom:
+    """Where a sweep's loss-vs-LR curve bottoms out: a parabola in log LR around its lowest point (`best_lr`), over the
+    completed trials that share the winner's warmup."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise InputError(f"study {study.study_name} has no completed trial to fit; run it again or widen its LR range")
+    winner = min(complete, key=lambda t: t.value)
+    tried = [t.params["lr"] for t in study.get_trials(deepcopy=False) if "lr" in t.params]
+    same_warmup = [t for t in complete if t.params["warmup"] == winner.params["warmup"]]
+    pool = same_warmup if len(same_warmup) >= 3 else complete
+    curve = sorted({t.params["lr"]: t.value for t in pool}.items())
+    at_edge = winner.params["lr"] in (min(tried), max(tried))
+    return CurveBottom(lr=winner.params["lr"] if at_edge else best_lr(curve), at_edge=at_edge,
+                       warmup=int(winner.params["warmup"]), curve=curve)
+
+
 def fit_horizon(studies: dict[int, optuna.Study], *, tokens_per_step: int, target_steps: int) -> HorizonFit:
     """Best LR at each horizon (the bottom of its loss-vs-LR curve, at the winning warmup), then a power law in
     tokens, extrapolated to target_steps.
@@ -170,17 +194,8 @@ def fit_horizon(studies: dict[int, optuna.Study], *, tokens_per_step: int, targe
     """
     points, at_edge = [], []
     for steps, study in sorted(studies.items()):
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
-            raise InputError(f"study {study.study_name} has no completed trial to fit; run it again or widen its LR range")
-        winner = min(complete, key=lambda t: t.value)
-        tried = [t.params["lr"] for t in study.get_trials(deepcopy=False) if "lr" in t.params]
-        if winner.params["lr"] in (min(tried), max(tried)):
-            at_edge.append((steps, winner.params["lr"]))
-            continue
-        same_warmup = [t for t in complete if t.params["warmup"] == winner.params["warmup"]]
-        pool = same_warmup if len(same_warmup) >= 3 else complete
-        points.append((steps, best_lr([(t.params["lr"], t.value) for t in pool])))
+        bottom = curve_bottom(study)
+        (at_edge if bottom.at_edge else points).append((steps, bottom.lr))
     if len(points) < 2:
         edges = ", ".join(f"{lr:.3g} at {steps} steps" for steps, lr in at_edge)
         raise InputError(f"the best LR lies at the edge of the searched range ({edges}), leaving fewer than two horizons "

@@ -1,0 +1,162 @@
+"""--- μP --- `python -m sweep transfer`: does the best peak LR hold as the model gets wider?
+
+Every width sweeps the same LR grid (the `horizon` machinery: a grid sampler, the same LRs everywhere) for the same
+steps of the same batch, so the same tokens per trial, in one study per width, `<recipe>-<parametrization>-w<width>-<steps>`
+(the recipe's model made wider by sweep/width.py). The bottom of each width's loss-vs-LR curve is found as the horizon
+fit finds it (a parabola in log LR around the lowest point, `trust.curve_bottom`); the drift of the best LR with width
+is the slope of log(best LR) on log(width) with its standard error. Under μP the bottoms line up (slope ≈ 0); under SP
+they move left as the width grows. The fit, the μTransfer figure (loss vs LR, a curve per width) and a note go to the
+study `<recipe>-transfer-<parametrization>`; `promote --n-embd` reads the SP drift from there.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import optuna_dashboard
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+from sweep.analysis import PowerLaw, fit_power_law
+from sweep.recipe import Recipe
+from sweep.trust import CurveBottom, curve_bottom
+from sweep.width import at_width
+
+TRANSFER_TOLERANCE = math.sqrt(2)  # a best LR within x/÷ √2 of the narrowest width's counts as transferred
+
+
+def width_recipe(recipe: Recipe, *, n_embd: int, parametrization: str) -> Recipe:
+    """The recipe at another width and parametrization, named after both: its study, run folders and branch store are
+    its own."""
+    train = at_width(recipe.train, n_embd=n_embd, parametrization=parametrization, flag="--widths")
+    return dataclasses.replace(recipe, name=f"{recipe.name}-{parametrization}-w{n_embd}", train=train)
+
+
+def summary_study_name(recipe_name: str, parametrization: str) -> str:
+    return f"{recipe_name}-transfer-{parametrization}"
+
+
+@dataclass(frozen=True)
+class TransferFit:
+    parametrization: str
+    steps: int
+    bottoms: dict[int, CurveBottom]  # by width, narrowest first
+    law: PowerLaw | None  # best lr as a power of width, over the widths whose bottom lies inside the range
+
+    @property
+    def proxy_width(self) -> int:
+        return min(self.bottoms)
+
+    def ratio(self, width: int) -> float:
+        """The width's best LR over the narrowest width's."""
+        return self.bottoms[width].lr / self.bottoms[self.proxy_width].lr
+
+    def transferred(self) -> bool:
+        """Every width's best LR inside the range and within x/÷ √2 of the narrowest width's."""
+        return all(not b.at_edge for b in self.bottoms.values()) and all(
+            abs(math.log(self.ratio(w))) <= math.log(TRANSFER_TOLERANCE) + 1e-12 for w in self.bottoms
+        )
+
+    def attrs(self) -> dict:
+        """The fit as plain values: the summary study's user attrs."""
+        return {
+            "parametrization": self.parametrization,
+            "steps": self.steps,
+            "widths": sorted(self.bottoms),
+            "best_lr": {str(w): b.lr for w, b in self.bottoms.items()},
+            "at_edge": [w for w, b in self.bottoms.items() if b.at_edge],
+            "slope": self.law.exponent if self.law else None,
+            "slope_standard_error": _finite_or_none(self.law.exponent_standard_error) if self.law else None,
+            "law": dataclasses.asdict(self.law) if self.law else None,
+            "transferred": self.transferred(),
+        }
+
+
+def fit_transfer(studies: dict[int, optuna.Study], *, parametrization: str, steps: int) -> TransferFit:
+    """The bottom of every width's curve, and log(best lr) fitted on log(width) over those inside the LR range."""
+    bottoms = {width: curve_bottom(study) for width, study in sorted(studies.items())}
+    inside = [(w, b.lr) for w, b in bottoms.items() if not b.at_edge]
+    law = fit_power_law([w for w, _ in inside], [lr for _, lr in inside]) if len(inside) >= 2 else None
+    return TransferFit(parametrization=parametrization, steps=steps, bottoms=bottoms, law=law)
+
+
+def store_transfer(
+    fit: TransferFit, *, storage: optuna.storages.BaseStorage, recipe_name: str, plot: Path, artifact_dir: Path
+) -> optuna.Study:
+    """The fit in the user attrs of `<recipe>-transfer-<parametrization>`, its plot as an artifact, a note."""
+    summary = optuna.create_study(study_name=summary_study_name(recipe_name, fit.parametrization), storage=storage,
+                                  load_if_exists=True)
+    for key, value in fit.attrs().items():
+        summary.set_user_attr(key, value)
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    upload_artifact(artifact_store=FileSystemArtifactStore(artifact_dir), file_path=str(plot), study_or_trial=summary)
+    optuna_dashboard.save_note(summary, "\n".join(["## LR transfer across width", "", *report_lines(fit)]))
+    return summary
+
+
+def report_lines(fit: TransferFit) -> list[str]:
+    name = "μP" if fit.parametrization == "mup" else "SP"
+    lines = []
+    for width, bottom in fit.bottoms.items():
+        edge = ", at an end of the LR range: only a bound, left out of the drift" if bottom.at_edge else ""
+        lines.append(f"{name} width {width}: best lr {bottom.lr:.3g} (x{fit.ratio(width):.2f} of width "
+                     f"{fit.proxy_width}'s, log2 {math.log2(fit.ratio(width)):+.2f}){edge}")
+    if fit.law is None:
+        lines.append("drift: fewer than two widths have their bottom inside the LR range; widen --lr-min/--lr-max")
+    else:
+        se = fit.law.exponent_standard_error
+        band = f" ± {se:.3f} (one standard error)" if math.isfinite(se) else " (two widths: no standard error)"
+        lines.append(f"drift: best lr ∝ width^{fit.law.exponent:.3f}{band} over {fit.steps} steps per trial")
+    held = "holds" if fit.transferred() else "does NOT hold"
+    lines.append(f"transfer {held}: every width's best lr within x/÷ √2 of width {fit.proxy_width}'s, inside the range")
+    return lines
+
+
+def save_transfer_plot(fit: TransferFit, path: Path, *, title: str) -> Path:
+    """The μTransfer figure: final val loss vs peak LR (log axis), a curve per width, each width's best LR marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors = plt.cm.viridis([i / max(len(fit.bottoms) - 1, 1) for i in range(len(fit.bottoms))])
+    for (width, bottom), color in zip(fit.bottoms.items(), colors):
+        lrs, losses = zip(*bottom.curve)
+        ax.plot(lrs, losses, "o-", color=color, markersize=3, label=f"width {width}: best {bottom.lr:.3g}")
+        ax.axvline(bottom.lr, color=color, linestyle=":" if bottom.at_edge else "--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel(f"final val loss after {fit.steps} steps")
+    slope = f", best lr ∝ width^{fit.law.exponent:.2f}" if fit.law else ""
+    ax.set_title(f"{title}{slope}", fontsize=9)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def width_lr(
+    *, storage: optuna.storages.BaseStorage, recipe_name: str, parametrization: str, lr: float, from_width: int,
+    to_width: int,
+) -> tuple[float, str]:
+    """The peak LR for a model widened from `from_width` to `to_width`, and why: μP keeps the LR (what μP is for);
+    SP moves it along the drift `transfer` fitted, or keeps it with a warning when there is no fit."""
+    if parametrization == "mup":
+        return lr, f"μP: the width-{from_width} trial's lr, as is"
+    summary = next((s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+                    if s.study_name == summary_study_name(recipe_name, "sp")), None)
+    law = summary.user_attrs.get("law") if summary else None
+    if law is None:
+        return lr, (f"warning: SP without a drift fit (run `sweep transfer --parametrization sp` first): the width-"
+                    f"{from_width} trial's lr as is, though SP's best lr moves with width")
+    slope = law["exponent"]
+    return lr * (to_width / from_width) ** slope, (
+        f"SP: the width-{from_width} trial's lr {lr:.3g} x ({to_width}/{from_width})^{slope:.3f}, the drift `transfer` fitted")
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
