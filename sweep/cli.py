@@ -444,8 +444,14 @@ def cmd_range(args, console: Console) -> int:
     recipe = load_recipe(resolve_study(args.study))
     if args.lr_start >= args.lr_end:
         raise InputError(f"--lr-start must be below --lr-end, got {args.lr_start:g} >= {args.lr_end:g}")
+    from optuna.artifacts import FileSystemArtifactStore
+
+    plot = args.runs.range_plot(recipe.name)
+    artifacts = args.runs.artifacts(args.storage)
+    artifacts.mkdir(parents=True, exist_ok=True)
     result, curve = run_range_test(
-        recipe, steps=args.steps, lr_start=args.lr_start, lr_end=args.lr_end, storage=open_storage(args.storage)
+        recipe, steps=args.steps, lr_start=args.lr_start, lr_end=args.lr_end, storage=open_storage(args.storage),
+        plot=plot, artifact_store=FileSystemArtifactStore(artifacts),
     )
     low, high = result.bounds()
     diverged = f"{result.diverged_lr:.3g}" if result.diverged_lr is not None else "not within the range"
@@ -454,6 +460,7 @@ def cmd_range(args, console: Console) -> int:
         f"{result.min_loss_lr:.3g}, diverges at {diverged}; suggested sweep bounds --lr-min {low:.3g} --lr-max {high:.3g}",
         highlight=False,
     )
+    console.print(f"plot: {plot}", highlight=False)
     return 0
 
 

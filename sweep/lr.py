@@ -259,7 +259,8 @@ def anchor_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def save_lr_plot(study: optuna.Study, *, path: Path, artifact_store: FileSystemArtifactStore) -> Path | None:
-    """Final val loss against peak LR (log axis), one colour per warmup; pruned trials at their last loss.
+    """Final val loss against peak LR (log axis), one colour per warmup; pruned trials at their last train loss, drawn
+    apart; the best and the anchor marked (sweep/plots.py).
 
     Saved at `path` and attached to the study as an artifact for the dashboard.
     """
@@ -269,31 +270,17 @@ def save_lr_plot(study: optuna.Study, *, path: Path, artifact_store: FileSystemA
     _mkdir(path.parent)
     if study.user_attrs.get("plotted_trials") == len(trials) and path.exists():
         return path  # nothing new since the last plot: no second copy in the dashboard
-    import matplotlib
+    from sweep.plots import LrPoint, draw_lr_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    warmups = sorted({t.params["warmup"] for t in trials})
-    colors = plt.cm.viridis([i / max(len(warmups) - 1, 1) for i in range(len(warmups))])
-    for warmup, color in zip(warmups, colors):
-        done = sorted((t for t in trials if t.params["warmup"] == warmup and t.state == TrialState.COMPLETE),
-                      key=lambda t: t.params["lr"])
-        pruned = [t for t in trials if t.params["warmup"] == warmup and t.state == TrialState.PRUNED]
-        ax.plot([t.params["lr"] for t in done], [t.value for t in done], "o-", color=color, label=f"warmup {warmup}")
-        ax.scatter([t.params["lr"] for t in pruned], [_last_value(t) for t in pruned], marker="x", color=color)
     anchor = anchor_trial(study)
-    if anchor is not None:
-        ax.axvline(anchor.params["lr"], color="grey", linestyle=":", label="anchor lr")
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel("final val loss (x: pruned, last train loss)")
-    ax.set_title(study.study_name)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    points = [
+        LrPoint(lr=t.params["lr"], warmup=t.params["warmup"], pruned=t.state == TrialState.PRUNED,
+                loss=t.value if t.state == TrialState.COMPLETE else _last_value(t),
+                anchor=anchor is not None and t.number == anchor.number)
+        for t in trials
+        if "duplicate_of" not in t.user_attrs  # the same point as the trial it reused
+    ]
+    draw_lr_plot(points, title=study.study_name, path=path)
     upload_artifact(artifact_store=artifact_store, file_path=str(path), study_or_trial=study)
     study.set_user_attr("plotted_trials", len(trials))
     return path

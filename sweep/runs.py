@@ -6,6 +6,7 @@
       <recipe>/train/              `sweep train`
       <recipe>-branches/           WSD stable-phase states shared between horizons
       <recipe>-horizon.png         the horizon fit's plot
+      <recipe>-range.png           the LR range test's plot
       <recipe>-coord-check.png     μP's coordinate check
       sweep.db                     the default storage
       artifacts/, <study>-lr.png   artifacts and plots of a storage that is a server (PostgreSQL, Redis); next to a
@@ -82,6 +83,9 @@ class Runs:
 
     def horizon_plot(self, recipe_name: str) -> Path:
         return self.root / f"{folder_name(horizon_study(recipe_name))}.png"
+
+    def range_plot(self, recipe_name: str) -> Path:
+        return self.root / f"{folder_name(range_study(recipe_name))}.png"
 
     def coord_check_plot(self, recipe_name: str) -> Path:
         return self.root / f"{folder_name(recipe_name)}-coord-check.png"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
@@ -28,6 +29,7 @@ from sweep.analysis import (
     range_test_diverged,
 )
 from sweep.objective import TrialPlan
+from sweep.plots import draw_range_plot
 from sweep.recipe import Recipe, run_config
 from sweep.runs import confirm_study, range_study
 from train_core.errors import InputError
@@ -35,9 +37,17 @@ from train_core.trainer import StepMetrics, train
 
 
 def run_range_test(
-    recipe: Recipe, *, steps: int, lr_start: float, lr_end: float, storage: optuna.storages.BaseStorage
+    recipe: Recipe,
+    *,
+    steps: int,
+    lr_start: float,
+    lr_end: float,
+    storage: optuna.storages.BaseStorage,
+    plot: Path | None = None,
+    artifact_store: FileSystemArtifactStore | None = None,
 ) -> tuple[RangeTestResult, list[tuple[float, float]]]:
-    """One run whose LR grows geometrically from lr_start to lr_end over `steps`, stopped once it diverges."""
+    """One run whose LR grows geometrically from lr_start to lr_end over `steps`, stopped once it diverges. With
+    `plot`, the LR-finder plot is written there and attached to the range test's trial in `artifact_store`."""
     config = run_config(recipe, lr=lr_end, min_lr_ratio=lr_start / lr_end, warmup_steps=0, steps=steps,
                         shape="exponential", eval_interval=steps)
     curve: list[tuple[float, float]] = []
@@ -57,6 +67,13 @@ def run_range_test(
     for key, value in dataclasses.asdict(result).items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("suggested_bounds", list(result.bounds()))
+    if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        draw_range_plot([lr for lr, _ in curve], [loss for _, loss in curve], steepest=result.steepest_lr,
+                        lowest=result.min_loss_lr, diverged=result.diverged_lr, bounds=result.bounds(),
+                        title=f"LR range test of {recipe.name}, {len(curve)} steps", path=plot)
+        if artifact_store is not None:
+            upload_artifact(artifact_store=artifact_store, file_path=str(plot), study_or_trial=trial)
     study.tell(trial, result.steepest_lr)
     return result, curve
 

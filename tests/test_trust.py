@@ -1,10 +1,12 @@
 """`sweep range`, `sweep confirm`, `sweep horizon` and `promote --lr-from horizon`, end to end on the tiny study."""
 
 import pytest
+from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
 from sweep.analysis import PowerLaw
 from sweep.cli import main
+from sweep.storage import open_storage
 from sweep_fixtures import load, run_lr, study_values, write_study, write_token_files
 
 
@@ -28,6 +30,10 @@ def test_range_test_reports_bounds_and_records_its_run(study, capsys):
     assert 1e-5 < low < trial.user_attrs["steepest_lr"] < high < 10
     # An LR of 10 on this model diverges well inside the ramp, and the run stops there.
     assert trial.user_attrs["diverged_lr"] is not None and len(trial.intermediate_values) < 60
+    # The LR-finder plot is written and attached to the range test's trial for the dashboard.
+    assert "plot: runs/tiny-range.png" in out and (study.parent / "runs" / "tiny-range.png").stat().st_size > 10_000
+    artifacts = get_all_artifact_meta(trial, storage=open_storage("range.log", create=False))
+    assert [a.filename for a in artifacts] == ["tiny-range.png"]
 
 
 def test_confirm_reruns_top_settings_and_the_anchor_with_more_seeds(study, capsys):
