@@ -40,6 +40,32 @@ def best_lr(points: list[tuple[float, float]]) -> float:
     return float(math.exp(vertex)) if x.min() <= vertex <= x.max() else finite[i][0]
 
 
+def curve_noise(points: list[tuple[float, float]]) -> float | None:
+    """The scatter of a sweep's final losses around its loss-vs-LR curve: the residual sd of a parabola in log(lr)
+    through the lowest point and up to three neighbours on each side. A misfit of the parabola counts as noise, so
+    this errs high. None with fewer than 4 points (a parabola through 3 has no residual)."""
+    finite = sorted((lr, loss) for lr, loss in points if math.isfinite(loss))
+    if len(finite) < 4:
+        return None
+    i = min(range(len(finite)), key=lambda k: finite[k][1])
+    window = finite[max(0, i - 3) : i + 4]
+    if len(window) < 4:
+        return None
+    x, y = np.log([lr for lr, _ in window]), np.array([loss for _, loss in window])
+    residuals = y - np.polyval(np.polyfit(x, y, 2), x)
+    return float(math.sqrt((residuals**2).sum() / (len(window) - 3)))
+
+
+def seeds_needed(gap: float, sd_difference: float, *, most: int = 50) -> int | None:
+    """Paired seeds for the 95% interval of a mean difference to exclude zero, when the true difference is `gap` and
+    one seed's difference has sd `sd_difference`: the smallest n >= 2 with t95(n-1) * sd / sqrt(n) < |gap|. None when
+    more than `most` would be needed (as good as equal)."""
+    for n in range(2, most + 1):
+        if t95(n - 1) * sd_difference / math.sqrt(n) < abs(gap):
+            return n
+    return None
+
+
 @dataclass(frozen=True)
 class PowerLaw:
     """lr = coefficient * tokens ** exponent, fitted in log-log space."""

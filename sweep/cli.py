@@ -467,11 +467,13 @@ def cmd_range(args, console: Console) -> int:
 def cmd_confirm(args, console: Console) -> int:
     from sweep.objective import TrialPlan
     from sweep.recipe import load_recipe
-    from sweep.trust import confirm_report, run_confirm
+    from sweep.trust import confirm_outlook, confirm_report, run_confirm
 
     recipe = load_recipe(resolve_study(args.study))
     storage, study = _existing_study(args.storage, _study_name(args, recipe, args.steps))
     plan = TrialPlan.from_study(study, recipe=recipe, study_dir=args.runs.study(study.study_name))
+    for line in confirm_outlook(study, seeds=args.seeds):
+        console.print(line, highlight=False)
     results = run_confirm(study, plan, top=args.top, seeds=args.seeds, storage=storage, console=console)
     table, verdicts = confirm_report(results)
     console.print(table)

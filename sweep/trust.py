@@ -25,8 +25,10 @@ from sweep.analysis import (
     analyse_range_test,
     best_lr,
     compare_paired,
+    curve_noise,
     fit_power_law,
     range_test_diverged,
+    seeds_needed,
 )
 from sweep.objective import TrialPlan
 from sweep.plots import draw_range_plot
@@ -128,6 +130,34 @@ def run_confirm(
     return results
 
 
+def confirm_outlook(study: optuna.Study, *, seeds: int) -> list[str]:
+    """Before confirm spends its runs: the differences it will test (the winner against the runner-up and the anchor,
+    as the sweep measured them with one seed) and the paired seeds each needs, from the sweep's own noise: the
+    scatter of its final losses around the loss-vs-LR curve."""
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    noise = curve_noise([(t.params["lr"], t.value) for t in complete])
+    if len(complete) < 2:
+        return []
+    if noise is None:
+        return [f"confirm: {len(complete)} completed trials are too few to read the sweep's noise from; {seeds} seeds"]
+    sd_difference = math.sqrt(2) * noise  # independent runs; pairing (same seeds for both) can only shrink it
+    winner, lines = complete[0], [f"confirm: the sweep's final losses scatter by sd {noise:.4f} around its "
+                                  f"loss-vs-LR curve (one seed each)"]
+    others = [("the runner-up", complete[1])]
+    anchor = next((t for t in complete if t.user_attrs.get("anchor")), None)
+    if anchor is not None and anchor is not winner and anchor is not complete[1]:
+        others.append(("the anchor", anchor))
+    for label, other in others:
+        gap = other.value - winner.value
+        need = seeds_needed(gap, sd_difference)
+        verdict = (f"about {need} paired seeds to tell apart at 95%" if need is not None
+                   else "more than 50 seeds: as good as equal")
+        enough = "" if need is None or need <= seeds else f" (--seeds {seeds} will likely say NOT distinguishable)"
+        lines.append(f"  lr {winner.params['lr']:.3g} vs {label} lr {other.params['lr']:.3g}: the sweep has the "
+                     f"winner lower by {gap:.4f}; {verdict}{enough}")
+    return lines
+
+
 def confirm_report(results: list[SeedResults]) -> tuple[Table, list[str]]:
     """A table of mean ± sd per setting and sentences on whether the winner beats the runner-up and the anchor."""
     ranked = sorted(results, key=lambda r: r.mean_sd()[0])
@@ -148,9 +178,10 @@ def confirm_report(results: list[SeedResults]) -> tuple[Table, list[str]]:
         seeds = sorted(set(winner.losses) & set(other.losses))
         c = compare_paired([winner.losses[s] for s in seeds], [other.losses[s] for s in seeds])
         verdict = "better beyond seed noise" if c.distinguishable else "NOT distinguishable from it within seed noise"
+        side = "lower" if c.mean_difference >= 0 else "higher"
         lines.append(
-            f"lr {winner.lr:.3g} vs {label} lr {other.lr:.3g}: {c.mean_difference:+.4f} ± {c.half_width:.4f} "
-            f"(95%, {c.seeds} paired seeds): {verdict}"
+            f"lr {winner.lr:.3g} vs {label} lr {other.lr:.3g}: winner {side} by {abs(c.mean_difference):.4f} ± "
+            f"{c.half_width:.4f} (95%, {c.seeds} paired seeds): {verdict}"
         )
     return table, lines
 

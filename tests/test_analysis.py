@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import create_trial
 
-from sweep.analysis import analyse_range_test, best_lr, compare_paired, fit_power_law
+from sweep.analysis import analyse_range_test, best_lr, compare_paired, curve_noise, fit_power_law, seeds_needed, t95
 from sweep.trust import fit_horizon
 from train_core.errors import InputError
 
@@ -117,3 +117,20 @@ def test_horizon_fit_with_fewer_than_two_horizons_inside_the_range_is_refused():
     studies = {10: _sweep_study(10, best=0.2, grid=grid), 20: _sweep_study(20, best=5e-3, grid=grid)}
     with pytest.raises(InputError, match="edge of the searched range.*widen"):
         fit_horizon(studies, tokens_per_step=1024, target_steps=800)
+
+
+def test_curve_noise_is_the_scatter_around_a_parabola_in_log_lr():
+    lrs = [1e-3 * 2**k for k in range(7)]
+    smooth = [(lr, 3.6 + 0.05 * math.log2(lr / 8e-3) ** 2) for lr in lrs]
+    assert curve_noise(smooth) == pytest.approx(0.0, abs=1e-9)
+    jitter = [0.03, -0.03, 0.03, -0.03, 0.03, -0.03, 0.03]
+    noisy = [(lr, loss + j) for (lr, loss), j in zip(smooth, jitter)]
+    assert 0.02 < curve_noise(noisy) < 0.05
+    assert curve_noise(smooth[:3]) is None  # a parabola through 3 points has no residual
+
+
+@pytest.mark.parametrize(("gap", "sd", "needed"), [(0.2, 0.05, 3), (0.07, 0.05, 5), (0.01, 0.05, None)])
+def test_seeds_needed_for_a_95_percent_interval_to_exclude_zero(gap, sd, needed):
+    assert seeds_needed(gap, sd) == needed
+    if needed is not None:  # one seed fewer would not do
+        assert t95(needed - 2) * sd / math.sqrt(needed - 1) >= gap or needed == 2

@@ -41,6 +41,9 @@ def test_confirm_reruns_top_settings_and_the_anchor_with_more_seeds(study, capsy
     code = main(["confirm", "--study", str(study), "--steps", "20", "--storage", "s.log", "--top", "2", "--seeds", "3"])
     out = capsys.readouterr().out
     assert code == 0 and "paired seeds" in out
+    # Up front, what the sweep's own noise allows (3 trials are too few to read it); after, who is ahead in words.
+    assert "confirm: 3 completed trials are too few to read the sweep's noise from; 3 seeds\n" in out
+    assert "winner lower by " in out and "+0." not in out
     confirm = load("s.log", "tiny-20-confirm")
     runs = confirm.get_trials(states=(TrialState.COMPLETE,))
     settings = {(t.params["lr"], t.params["warmup"]) for t in runs}
@@ -117,3 +120,24 @@ def test_horizon_sweeps_a_grid_by_default_and_says_when_fractional_warmups_diffe
     assert sum("grid_id" in t.system_attrs for t in load("f.log", "tiny-10").trials) == 5
     assert {t.params["warmup"] for t in load("f.log", "tiny-10").trials} == {2}
     assert {t.params["warmup"] for t in load("f.log", "tiny-20").trials} == {4}
+
+
+def test_confirm_says_up_front_how_many_seeds_each_difference_needs():
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from optuna.trial import create_trial
+
+    from sweep.trust import confirm_outlook
+
+    study = optuna.create_study(study_name="s")
+    dists = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "warmup": IntDistribution(0, 30)}
+    # A basin with some scatter: the runner-up is 0.01 behind (many seeds to tell), the anchor 0.2 behind (few).
+    for lr, loss, anchor in [(1e-3, 3.85, True), (2e-3, 3.73, False), (4e-3, 3.68, False), (8e-3, 3.65, False),
+                             (1.6e-2, 3.66, False), (3.2e-2, 3.75, False)]:
+        study.add_trial(create_trial(value=loss, params={"lr": lr, "warmup": 30}, distributions=dists,
+                                     user_attrs={"anchor": anchor}))
+    lines = confirm_outlook(study, seeds=2)
+    assert lines[0].startswith("confirm: the sweep's final losses scatter by sd 0.0")
+    assert lines[1].startswith("  lr 0.008 vs the runner-up lr 0.016: the sweep has the winner lower by 0.0100; about ")
+    assert lines[1].endswith(" paired seeds to tell apart at 95% (--seeds 2 will likely say NOT distinguishable)")
+    assert lines[2].startswith("  lr 0.008 vs the anchor lr 0.001: the sweep has the winner lower by 0.2000; about ")
