@@ -1,16 +1,22 @@
 """Training throughput of train_core against a plain nanoGPT-style step, measured in one run on this machine.
 
-    python benchmarks/throughput.py [--steps 8] [--shapes A,B]
+    python benchmarks/throughput.py [--steps 8] [--shapes A,B] [--compile]
+    python benchmarks/throughput.py --device cuda [--shapes 124M] [--compile] [--steps 20]
 
 First the machine's matmul peak: fp32 at 2048x2048, and bf16 at the largest size whose timing fits a ~2 s budget
 (on a CPU without native bf16 it is emulated and hundreds of times slower, so a 2048^2 bf16 matmul alone could
-take a minute). Then, for each shape at 2,048 tokens per step and the full GPT-2 vocab:
+take a minute); on CUDA bf16 at 8192^2. Then, for each shape at its micro-batch of tokens per step (one micro-step
+per optimizer step) and the full GPT-2 vocab:
 
 - train_core: real optimizer steps through `train_core.train` on random-token files, ms/step from its callback;
-- plain: the same model, optimizer, batches and dtype, but nanoGPT's loss (full logits, then F.cross_entropy).
+- plain: the same model, optimizer, batches and dtype, but nanoGPT's loss (full logits, then F.cross_entropy);
+  on CUDA with nanoGPT's pinned, non_blocking batch copies.
 
-Each is the median over --steps steps after warm-up. Achieved GFLOP/s = flops_per_token x tokens/s, shown as a
-share of both peaks. Run-to-run noise on a shared 2-core machine is large: compare rows of the same run only.
+With --compile each loop also runs compiled (`compile: true`; the plain step under torch.compile), after untimed
+warm-up steps that include the compile. Each row is the median over --steps steps after warm-up. Achieved FLOP/s =
+flops_per_token x tokens/s. On a CPU it is shown as a share of both measured peaks; on CUDA as MFU against the GPU's
+published dense bf16 peak (H100 SXM and H200: 989 TFLOP/s; others: the measured bf16 matmul peak), never over 100%.
+Run-to-run noise on a shared 2-core machine is large: compare rows of the same run only.
 """
 
 import argparse
@@ -28,33 +34,52 @@ import torch
 import torch.nn.functional as F
 
 from train_core.config import TrainConfig
-from train_core.data import TokenData, write_nanogpt_bin
+from train_core.data import TokenData, to_device, write_nanogpt_bin
 from train_core.model import GPT
 from train_core.tokenizer import VOCAB_SIZE
-from train_core.trainer import make_optimizer, resolve_dtype, train
+from train_core.trainer import device_label, make_optimizer, resolve_device, resolve_dtype, train
 
-TOKENS_PER_STEP = 2048
-WARMUP_STEPS = 2  # untimed: first-touch allocations and oneDNN kernel selection
-SHAPES = {
+WARMUP_STEPS = 3  # untimed: first-touch allocations, oneDNN kernel selection, torch.compile and autotuning
+SHAPES = {  # batch: sequences per step, one micro-step each
     "A": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "batch": 16},
     "B": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "batch": 8},
+    "124M": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "batch": 16},  # GPT-2 small, micro 16
 }
+DEFAULT_SHAPES = {"cpu": "A,B", "cuda": "124M"}
 PEAK_SIZE = 2048
+CUDA_PEAK_SIZE = 8192
 BF16_BUDGET_S = 2.0
 CPU = torch.device("cpu")
+# Published dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by a name fragment of torch.cuda.get_device_name.
+# The H200 has the H100 SXM's compute; the PCIe and NVL H100s run at lower clocks with fewer SMs.
+BF16_DENSE_PEAK = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+                   ("A100", 312e12)]
 
 
-def matmul_gflops(dtype: torch.dtype, n: int, *, budget_s: float) -> float:
+def matmul_gflops(dtype: torch.dtype, n: int, *, budget_s: float, device: torch.device = CPU) -> float:
     """GFLOP/s of an n x n matmul in dtype: one warm-up, then the fastest of at least 2 reps within budget_s
     (a peak: the fastest rep is the one least disturbed by other processes on a shared machine)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    _sync(device)
     times, start = [], time.perf_counter()
     while len(times) < 2 or time.perf_counter() - start < budget_s:
         rep_start = time.perf_counter()
         a @ b
+        _sync(device)
         times.append(time.perf_counter() - rep_start)
     return 2 * n**3 / min(times) / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def published_bf16_peak(device: torch.device) -> float | None:
+    """The GPU's published dense bf16 FLOP/s, or None for a GPU not in BF16_DENSE_PEAK."""
+    name = torch.cuda.get_device_name(device)
+    return next((flops for fragment, flops in BF16_DENSE_PEAK if fragment in name), None)
 
 
 def bf16_size(budget_s: float) -> int:
@@ -67,15 +92,17 @@ def bf16_size(budget_s: float) -> int:
     return n
 
 
-def shape_config(shape: dict, data_dir: Path, steps: int, fp32_peak: float) -> TrainConfig:
+def shape_config(shape: dict, data_dir: Path, steps: int, peak: float, *, device: torch.device,
+                 compile: bool = False) -> TrainConfig:
     config = TrainConfig.from_dict({
         "model": {k: shape[k] for k in ("n_layer", "n_head", "n_embd", "block_size")} | {"vocab_size": VOCAB_SIZE},
         "data": {"train": str(data_dir / "train.bin"), "val": str(data_dir / "val.bin")},
-        "batch": {"total_batch_size": TOKENS_PER_STEP, "micro_batch_size": shape["batch"]},
+        "batch": {"total_batch_size": shape["batch"] * shape["block_size"], "micro_batch_size": shape["batch"]},
         "schedule": {"max_lr": 6e-4, "warmup_steps": 0, "max_steps": WARMUP_STEPS + steps},
         "eval": {"interval": WARMUP_STEPS + steps, "iters": 1},  # train() evaluates once at the end; untimed
-        "device": "cpu",
-        "peak_flops": fp32_peak,  # skip train()'s own peak measurement
+        "device": device.type,
+        "compile": compile,
+        "peak_flops": peak,  # skip train()'s own peak measurement
     })
     assert config.grad_accum_steps(world_size=1) == 1, "both loops time one micro-step per optimizer step"
     return config
@@ -90,25 +117,32 @@ def train_core_ms(config: TrainConfig) -> float:
 
 def plain_ms(config: TrainConfig) -> float:
     """Median ms per step of a nanoGPT-style step: the same model and batches, full logits + F.cross_entropy."""
-    dtype = resolve_dtype(config.dtype, CPU)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
     torch.manual_seed(config.seed)
-    model = GPT(config.model)
-    optimizer = make_optimizer(model, config, CPU)
+    model = GPT(config.model).to(device)
+    optimizer = make_optimizer(model, config, device)
     data = TokenData.open(config.data.train, vocab_size=config.model.vocab_size)
     B, T = config.batch.micro_batch_size, config.model.block_size
+
+    def nanogpt_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            h = model.hidden_states(x)  # (B, T, C)
+            logits = F.linear(h, model.transformer.wte.weight)  # (B, T, V): nanoGPT's tied lm_head
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+
+    step_loss = torch.compile(nanogpt_loss) if config.compile else nanogpt_loss
     times = []
     for step in range(config.schedule.max_steps):
         start = time.perf_counter()
         x, y = data.get_batch(seed=config.seed, step=step, micro_step=0, rank=0, batch_size=B, block_size=T)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            h = model.hidden_states(x)  # (B, T, C)
-            logits = F.linear(h, model.transformer.wte.weight)  # (B, T, V): nanoGPT's tied lm_head
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        x, y = to_device(x, y, device)  # on CUDA pinned and non_blocking, as nanoGPT's get_batch
+        loss = step_loss(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.optimizer.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss.item()  # train() reads the loss every step too
+        loss.item()  # train() reads the loss every step too (a sync on CUDA)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times[WARMUP_STEPS:])
 
@@ -117,27 +151,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per loop, after %d warm-up steps"
                         % WARMUP_STEPS)
-    parser.add_argument("--shapes", default="A,B", help="comma-separated, from: " + ", ".join(SHAPES))
+    parser.add_argument("--shapes", help="comma-separated, from: " + ", ".join(SHAPES)
+                        + " (default: " + "; ".join(f"{d}: {s}" for d, s in DEFAULT_SHAPES.items()) + ")")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--compile", action="store_true", help="also time both loops compiled")
     args = parser.parse_args(argv)
-    names = args.shapes.split(",")
+    names = (args.shapes or DEFAULT_SHAPES[args.device]).split(",")
     unknown = [n for n in names if n not in SHAPES]
     if unknown or args.steps < 1:
         parser.error(f"--shapes takes names from {', '.join(SHAPES)} (got {args.shapes!r}); --steps must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+    device = resolve_device(args.device)
 
     console = rich.console.Console()
     console.width = max(console.width, 100)  # piped output defaults to 80 columns and would squeeze the table
-    threads = torch.get_num_threads()
-    fp32_peak = matmul_gflops(torch.float32, PEAK_SIZE, budget_s=1.0)
-    n16 = bf16_size(BF16_BUDGET_S)
-    bf16_peak = matmul_gflops(torch.bfloat16, n16, budget_s=BF16_BUDGET_S)
-    console.print(f"matmul peak on {threads} threads: fp32 {fp32_peak:,.1f} GFLOP/s ({PEAK_SIZE}^2), "
-                  f"bf16 {bf16_peak:,.1f} GFLOP/s ({n16}^2, capped to ~{BF16_BUDGET_S:.0f} s"
-                  + (": emulated bf16 is that slow here)" if n16 < PEAK_SIZE else ")"))
-
-    table = rich.table.Table(box=rich.box.SIMPLE, title=f"training throughput, {TOKENS_PER_STEP:,} tokens/step, "
-                                   f"median of {args.steps} steps after {WARMUP_STEPS} warm-up")
-    for column in ("shape", "loop", "dtype", "ms/step", "tok/s", "GFLOP/s", "%fp32", "%bf16", "speedup"):
+    peaks = measure_peaks(console, device)
+    table = rich.table.Table(box=rich.box.SIMPLE, title=f"training throughput on {device_label(device)}, "
+                                                         f"median of {args.steps} steps after {WARMUP_STEPS} warm-up")
+    share_columns = ["%fp32", "%bf16"] if device.type == "cpu" else ["MFU"]
+    for column in ("shape", "loop", "dtype", "tokens/step", "ms/step", "tok/s", "GFLOP/s", *share_columns, "speedup"):
         table.add_column(column, justify="left" if column in ("shape", "loop", "dtype") else "right", no_wrap=True)
+    loops = [("train_core", False), ("plain", False)] + ([("train_core", True), ("plain", True)] if args.compile else [])
+    failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         rng = np.random.default_rng(0)
@@ -145,29 +181,73 @@ def main(argv: list[str] | None = None) -> int:
         write_nanogpt_bin(data_dir / "val.bin", rng.integers(VOCAB_SIZE, size=20_000))
         for name in names:
             shape = SHAPES[name]
-            config = shape_config(shape, data_dir, args.steps, fp32_peak * 1e9)
-            model = GPT(config.model)
+            tokens_per_step = shape["batch"] * shape["block_size"]
+            model = GPT(shape_config(shape, data_dir, args.steps, 1.0, device=device).model)
             flops_per_token = model.flops_per_token()
-            dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}[resolve_dtype(config.dtype, CPU)]
+            dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}[resolve_dtype("auto", device)]
             console.print(f"shape {name}: {shape['n_layer']}L/{shape['n_head']}H/{shape['n_embd']}, context "
                           f"{shape['block_size']}, batch {shape['batch']}, vocab {VOCAB_SIZE:,}: "
                           f"{model.num_params() / 1e6:.1f}M params, {flops_per_token / 1e6:.1f} MFLOP/token")
-            with console.status(f"timing shape {name}"):
-                ms = {"train_core": train_core_ms(config), "plain": plain_ms(config)}
-            for loop, step_ms in ms.items():
-                tokens_per_s = TOKENS_PER_STEP / (step_ms / 1000)
-                gflops = flops_per_token * tokens_per_s / 1e9
-                speedup = f"{ms['plain'] / step_ms:.2f}x" if loop == "train_core" else ""
-                table.add_row(name if loop == "train_core" else "", loop, dtype, f"{step_ms:,.0f}",
-                              f"{tokens_per_s:,.0f}", f"{gflops:,.1f}",
-                              f"{100 * gflops / fp32_peak:.0f}%", f"{100 * gflops / bf16_peak:,.0f}%", speedup)
+            del model
+            ms = {}
+            for loop, compiled in loops:
+                label = loop + (" compiled" if compiled else "")
+                config = shape_config(shape, data_dir, args.steps, peaks["mfu"], device=device, compile=compiled)
+                start = time.perf_counter()
+                with console.status(f"timing shape {name}: {label}"):
+                    try:
+                        ms[label] = train_core_ms(config) if loop == "train_core" else plain_ms(config)
+                    except Exception as error:  # e.g. torch.compile without a working compiler: report, go on
+                        failures.append(f"shape {name}, {label}: {type(error).__name__}: {str(error).strip()[:300]}")
+                console.print(f"  {label}: {time.perf_counter() - start:.0f}s including warm-up", highlight=False)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            for label, step_ms in ms.items():
+                tokens_per_s = tokens_per_step / (step_ms / 1000)
+                flops = flops_per_token * tokens_per_s
+                baseline = "plain compiled" if label.endswith("compiled") else "plain"
+                speedup = f"{ms[baseline] / step_ms:.2f}x" if label.startswith("train_core") and baseline in ms else ""
+                if device.type == "cpu":
+                    shares = [f"{100 * flops / peaks['fp32']:.0f}%", f"{100 * flops / peaks['bf16']:,.0f}%"]
+                else:  # a rate above the peak would be a better reading of it: MFU stays <= 100%
+                    shares = [f"{100 * flops / max(peaks['mfu'], flops):.1f}%"]
+                table.add_row(name if label == next(iter(ms)) else "", label, dtype, f"{tokens_per_step:,}",
+                              f"{step_ms:,.1f}", f"{tokens_per_s:,.0f}", f"{flops / 1e9:,.1f}", *shares, speedup)
     console.print(table)
-    # Other processes on the cores skew every number above; the load average says whether they were there.
-    console.print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    console.print("%fp32 / %bf16: achieved GFLOP/s over this run's matmul peak in that dtype; speedup: plain "
-                  "ms/step over train_core's; dtype: what train_core's dtype 'auto' resolved to on this machine "
-                  "(bfloat16 only where it runs natively)")
-    return 0
+    for failure in failures:
+        console.print(f"failed: {failure}", highlight=False)
+    if device.type == "cpu":
+        # Other processes on the cores skew every number above; the load average says whether they were there.
+        console.print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        console.print("%fp32 / %bf16: achieved GFLOP/s over this run's matmul peak in that dtype; speedup: plain "
+                      "ms/step over train_core's (compiled over compiled); dtype: what train_core's dtype 'auto' "
+                      "resolved to on this machine (bfloat16 only where it runs natively)")
+    else:
+        console.print(f"MFU: achieved FLOP/s over {peaks['mfu_source']}; speedup: plain ms/step over train_core's "
+                      "(compiled over compiled); torch " + torch.__version__)
+    return 1 if failures else 0
+
+
+def measure_peaks(console, device: torch.device) -> dict:
+    """The matmul peaks this run compares against: fp32 and bf16 on a CPU, bf16 on CUDA; 'mfu' is the MFU
+    denominator in FLOP/s (the published bf16 peak on a known GPU)."""
+    if device.type == "cuda":
+        measured = matmul_gflops(torch.bfloat16, CUDA_PEAK_SIZE, budget_s=1.0, device=device) * 1e9
+        published = published_bf16_peak(device)
+        console.print(f"{device_label(device)}: bf16 matmul {measured / 1e12:,.0f} TFLOP/s measured "
+                      f"({CUDA_PEAK_SIZE}^2), published dense bf16 peak "
+                      + (f"{published / 1e12:,.0f} TFLOP/s" if published else "unknown for this GPU"))
+        source = (f"the published dense bf16 peak, {published / 1e12:,.0f} TFLOP/s" if published else
+                  f"the measured bf16 matmul peak, {measured / 1e12:,.0f} TFLOP/s (GPU not in BF16_DENSE_PEAK)")
+        return {"mfu": published or measured, "mfu_source": source}
+    threads = torch.get_num_threads()
+    fp32_peak = matmul_gflops(torch.float32, PEAK_SIZE, budget_s=1.0)
+    n16 = bf16_size(BF16_BUDGET_S)
+    bf16_peak = matmul_gflops(torch.bfloat16, n16, budget_s=BF16_BUDGET_S)
+    console.print(f"matmul peak on {threads} threads: fp32 {fp32_peak:,.1f} GFLOP/s ({PEAK_SIZE}^2), "
+                  f"bf16 {bf16_peak:,.1f} GFLOP/s ({n16}^2, capped to ~{BF16_BUDGET_S:.0f} s"
+                  + (": emulated bf16 is that slow here)" if n16 < PEAK_SIZE else ")"))
+    return {"fp32": fp32_peak * 1e9, "bf16": bf16_peak * 1e9, "mfu": fp32_peak * 1e9}
 
 
 if __name__ == "__main__":

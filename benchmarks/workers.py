@@ -1,6 +1,7 @@
 """Several workers on one machine, and what the storage costs each trial; measured in one run on this machine.
 
     python benchmarks/workers.py [--trials 8] [--steps 100] [--shapes tiny,small] [--postgres URL] [--redis URL]
+    python benchmarks/workers.py --compare-workers 1,4 [--study default] [--trials 8] [--steps 300]
 
 1. Throughput. The same sweep (journal file, pruning off so that every trial runs all its steps) run as the
    baseline, 1 worker with 2 torch threads (`--threads 2`), and as `--workers 2` (2 processes, 1 thread each).
@@ -12,6 +13,10 @@
    tell; with 10 finished 300-step trials already in the study, which the pruner reads. Also the writes alone
    (without should_prune). Median of --repeats trials. Baseline: the journal file. PostgreSQL and Redis are skipped
    with the reason when they do not answer; their studies and keys are deleted afterwards.
+
+3. --compare-workers 1,4 (alone): a study (by default the default study, `device: auto`: on a GPU machine every
+   worker shares its GPU, or gets its own on a node of several) swept as `--workers 1`, then `--workers 4`, ...
+   (journal file, pruning off, the embedded corpus prepared before the clock starts): trials/hour as in 1.
 
 Other processes on the 2 cores skew every number: compare rows of the same run only.
 """
@@ -91,6 +96,34 @@ def sweep_rate(study_file: Path, folder: Path, *, name: str, trials: int, steps:
     span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
     return {"trials": len(finished), "wall": wall, "per_hour": len(finished) / wall * 3600,
             "steady_per_hour": len(finished) / span * 3600}
+
+
+def compare_workers(console, study: str, counts: list[int], *, trials: int, steps: int) -> None:
+    """Part 3: the study swept with each worker count in turn; trials/hour against the first count."""
+    from sweep.cli import resolve_study
+    from sweep.recipe import load_recipe
+    from train_core.data import ensure_corpus
+
+    study_file = resolve_study(study).resolve()
+    data = load_recipe(study_file).train.data
+    table = rich.table.Table(box=rich.box.SIMPLE, title=f"{study} study: {trials} trials x {steps} steps, journal file, "
+                                                        "pruning off")
+    for column in ("workers", "trials", "wall s", "trials/h", "vs first", "steady trials/h", "vs first"):
+        table.add_column(column, justify="right", no_wrap=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if data.corpus is not None:  # prepared once here (data/ under the runs' folder), not inside a timed run
+            ensure_corpus(data.corpus, data_root=folder / "data", progress=False)
+        rows = {}
+        for count in counts:
+            with console.status(f"--workers {count}"):
+                rows[count] = sweep_rate(study_file, folder, name=f"workers{count}", trials=trials, steps=steps,
+                                         parallel=["--workers", str(count)])
+            row, base = rows[count], rows[counts[0]]
+            table.add_row(str(count), str(row["trials"]), f"{row['wall']:.1f}", f"{row['per_hour']:,.0f}",
+                          f"{row['per_hour'] / base['per_hour']:.2f}x", f"{row['steady_per_hour']:,.0f}",
+                          f"{row['steady_per_hour'] / base['steady_per_hour']:.2f}x")
+    console.print(table)
 
 
 def throughput(console, shapes: list[str], *, trials: int, steps: int) -> None:
@@ -220,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--compare-workers", help="comma-separated worker counts, e.g. 1,4: part 3 alone")
+    parser.add_argument("--study", default="default", help="the study part 3 sweeps (default: default)")
     args = parser.parse_args(argv)
     shapes = args.shapes.split(",")
     if [s for s in shapes if s not in SHAPES] or min(args.trials, args.steps, args.repeats) < 1:
@@ -228,6 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     console = rich.console.Console()
     console.width = max(console.width, 110)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.compare_workers:
+        try:
+            counts = [int(c) for c in args.compare_workers.split(",")]
+        except ValueError:
+            counts = []
+        if not counts or min(counts) < 1:
+            parser.error(f"--compare-workers takes positive worker counts like 1,4, got {args.compare_workers!r}")
+        compare_workers(console, args.study, counts, trials=args.trials, steps=args.steps)
+        return 0
     if not args.skip_throughput:
         throughput(console, shapes, trials=args.trials, steps=args.steps)
     storage_costs(console, {

@@ -1,0 +1,46 @@
+"""The benchmarks the GPU evidence script runs (benchmarks/gpu_evidence.sh), run small on the CPU: they finish,
+and print the rows they promise."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from sweep_fixtures import study_values, write_study, write_token_files
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_throughput_times_train_core_against_the_plain_step(monkeypatch, capsys):
+    throughput = _load("throughput")
+    monkeypatch.setitem(throughput.SHAPES, "tiny", {"n_layer": 1, "n_head": 1, "n_embd": 16, "block_size": 16,
+                                                    "batch": 2})
+    assert throughput.main(["--steps", "1", "--shapes", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "train_core" in out and "plain" in out and "failed" not in out, out
+
+
+def test_mfu_peaks_are_the_published_dense_bf16_ones():
+    throughput = _load("throughput")
+    peaks = dict(throughput.BF16_DENSE_PEAK)
+    assert peaks["H100"] == peaks["H200"] == 989e12
+    # the first fragment a name contains decides: the PCIe card is not read as an SXM one
+    name = "NVIDIA H100 PCIe"
+    assert next(f for f, _ in throughput.BF16_DENSE_PEAK if f in name) == "H100 PCIe"
+
+
+@pytest.mark.slow
+def test_compare_workers_sweeps_a_study_with_each_worker_count(tmp_path, capsys):
+    workers = _load("workers")
+    study = write_study(tmp_path / "tiny.yaml", study_values(write_token_files(tmp_path / "tokens")))
+    assert workers.main(["--compare-workers", "1,2", "--study", str(study), "--trials", "2", "--steps", "3"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [row[:2] for row in rows if row[:1] in (["1"], ["2"])] == [["1", "2"], ["2", "2"]], rows
