@@ -4,7 +4,8 @@
     python -m sweep train --study default       one training run, checkpointed, resumed when its folder has one
     python -m sweep prepare SRC... --out DIR    tokenize text into nanoGPT train.bin / val.bin
 
-Bad input exits 2 with one line; --debug shows the traceback instead.
+Bad input exits 2 with one line; a fault it cannot survive (a damaged or lost storage, a full disk) exits 1 with
+one line; --debug shows the traceback instead.
 """
 
 import argparse
@@ -199,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seed-noise band in val loss: trials this close to the best count as the best (default 0.05)")
     au.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
 
+    rj = commands.add_parser("repair-journal", help="cut a journal file's torn or garbage tail off, keeping a backup")
+    rj.add_argument("file", type=Path, help="the journal file (the --storage path)")
+
     prep = commands.add_parser("prepare", help="tokenize text files or folders into train.bin / val.bin")
     prep.add_argument("sources", nargs="+", type=Path, help="text files or folders")
     prep.add_argument("--out", type=Path, required=True, help="output folder")
@@ -231,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue", file=sys.stderr)
         return 130
+    except Exception as error:
+        from sweep.storage import storage_fault
+
+        if debug or (line := storage_fault(error)) is None:
+            raise
+        print(f"error: {line} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 def _interrupt(signum, frame):
@@ -291,14 +302,14 @@ def _study_name(args, recipe, steps: int) -> str:
 
 
 def _run_sweep(args, console: Console, plan):
-    from sweep.lr import grid_trials, run_sweep
+    from sweep.lr import grid_trials, run_sweep, sole_sqlite_writer
     from sweep.view import make_view
     from sweep.workers import Liveness
 
     trials = args.trials or (
         grid_trials(plan, grid_points=args.grid_points) if args.sampler == "grid" else plan.recipe.search.trials
     )
-    with make_view(console, quiet=args.quiet) as view:
+    with sole_sqlite_writer(args.storage), make_view(console, quiet=args.quiet) as view:
         return run_sweep(
             plan,
             storage_url=args.storage,
@@ -319,10 +330,11 @@ def _run_sweep(args, console: Console, plan):
 def cmd_lr(args, console: Console) -> int:
     from sweep.recipe import load_recipe
     from sweep.report import print_summary
-    from sweep.storage import open_storage, sqlite_path
+    from sweep.storage import check_reachable, open_storage, sqlite_path
 
     recipe = load_recipe(resolve_study(args.study))
     plan = _sweep_plan(args, recipe, steps=args.steps)  # checks the flags before the range test spends time
+    check_reachable(args.storage)  # before the corpus is tokenized
     open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)  # missing or bad token files: exit 2 now
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -354,13 +366,14 @@ def cmd_horizon(args, console: Console) -> int:
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
     from sweep.recipe import load_recipe
-    from sweep.storage import open_storage
+    from sweep.storage import check_reachable, open_storage
     from sweep.trust import fit_horizon, save_horizon_plot
 
     recipe = load_recipe(resolve_study(args.study))
     if len(set(args.steps)) < 2:
         raise InputError(f"--steps needs two or more horizons like 100,300,1000, got {args.steps}")
     plans = [_sweep_plan(args, recipe, steps=steps) for steps in sorted(set(args.steps))]
+    check_reachable(args.storage)  # before the corpus is tokenized
     open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)
     if len({plan.warmups for plan in plans}) > 1:
         console.print("note: the warmup choices are fractions of the run, so every horizon warms up for another number "
@@ -486,6 +499,7 @@ def cmd_train(args, console: Console) -> int:
     import dataclasses
 
     from sweep.recipe import load_recipe
+    from train_core.locks import hold_run_folder
     from train_core.trainer import train
 
     recipe = load_recipe(resolve_study(args.study))
@@ -511,10 +525,18 @@ def cmd_train(args, console: Console) -> int:
                 highlight=False,
             )
 
-    result = train(config, out_dir=out, callback=log)
+    with hold_run_folder(out):
+        result = train(config, out_dir=out, callback=log)
     val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "-"
     console.print(f"{result.status}: {result.steps_done} steps, val loss {val}, checkpoints in {out}", highlight=False)
     return 0 if result.status == "completed" else 1
+
+
+def cmd_repair_journal(args, console: Console) -> int:
+    from sweep.journal import repair_journal
+
+    console.print(repair_journal(args.file), highlight=False)
+    return 0
 
 
 def cmd_prepare(args, console: Console) -> int:
@@ -627,4 +649,5 @@ COMMANDS = {
     "status": cmd_status,
     "audit": cmd_audit,
     "prepare": cmd_prepare,
+    "repair-journal": cmd_repair_journal,
 }

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,11 @@ from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
 from sweep.objective import PLAN_ATTR, Objective, TrialPlan
 from sweep.recipe import warmup_steps
 from sweep.runs import Runs
-from sweep.storage import mask, open_storage
+from sweep.storage import mask, open_storage, scheme, sqlite_path
 from sweep.view import SweepView
 from sweep.workers import (
     FINISHED,
+    STORAGE_FAULT,
     Budget,
     Interrupts,
     Liveness,
@@ -31,8 +33,11 @@ from sweep.workers import (
     was_reaped,
     worker_gpus,
 )
-from train_core.errors import InputError
+from train_core.errors import FaultError, InputError
+from train_core.locks import exclusive
 
+SQLITE_ADVICE = ("SQLite takes one sweep at a time: wait for it, or use a journal file (--storage runs/sweep.log), "
+                 "postgresql://... or redis://... for several processes")
 MAX_CONSECUTIVE_FAILURES = 3  # failures do not count towards --trials; stop a sweep whose every trial crashes
 
 
@@ -93,10 +98,22 @@ def run_sweep(
         devices = describe_workers(study, gpus=gpus, threads=threads_per_worker(workers))
     else:
         stopped = run_trials(
-            study, plan, trials=trials, timeout=timeout, view=view, liveness=liveness, artifact_store=artifact_store
+            study, plan, trials=trials, timeout=timeout, view=view, liveness=liveness, artifact_store=artifact_store,
+            storage_url=storage_url,
         )
+    check_study_exists(storage_url, study_name)
     plot = save_lr_plot(study, path=runs.lr_plot(storage_url, study_name), artifact_store=artifact_store)
     return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped, lost_workers=lost, workers=devices)
+
+
+def sole_sqlite_writer(storage_url: str):
+    """Context manager: this process is the only sweep on a SQLite storage for the block (nothing for other storages).
+    SQLite takes one writer: a second sweep on the same file is refused instead of racing it (at creation, alembic's
+    "UNIQUE constraint failed"; later, "database is locked", or two sweeps' trials interleaved in one study)."""
+    db = sqlite_path(storage_url)
+    if db is None:
+        return nullcontext()
+    return exclusive(Path(f"{db}.lock"), what=f"storage sqlite:///{db}", advice=SQLITE_ADVICE)
 
 
 def _how_it_ended(code: int) -> str:
@@ -174,6 +191,7 @@ def run_trials(
     view: SweepView,
     liveness: Liveness,
     artifact_store: FileSystemArtifactStore,
+    storage_url: str,
 ) -> bool:
     """This process's worker loop; True when it stopped because trials kept failing."""
     interrupts = Interrupts()  # Ctrl-C / SIGTERM end the loop between steps, never inside a storage call
@@ -183,6 +201,7 @@ def run_trials(
     with interrupts:
         while not failures.stopped and (deadline is None or time.monotonic() < deadline):
             interrupts.check()
+            check_study_exists(storage_url, study.study_name)
             reap_dead_trials(study, grace=liveness.grace)
             budget = Budget.of(study, total=trials)
             if budget.done:
@@ -208,6 +227,19 @@ def run_trials(
     return failures.stopped
 
 
+def check_study_exists(storage_url: str, study_name: str) -> None:
+    """FaultError when the study is gone from a journal storage: Redis without persistence loses it to a FLUSHDB or a
+    restart, and a journal file can be deleted, while this process keeps replaying its own copy of the log and would
+    report a sweep that no longer exists. A database storage fails loudly by itself."""
+    if scheme(storage_url) not in (None, "redis"):
+        return
+    if study_name not in optuna.get_all_study_names(storage=open_storage(storage_url)):
+        raise FaultError(
+            f"study {study_name} vanished from {mask(storage_url)} mid-sweep (a FLUSHDB, or a restart of a Redis "
+            "without persistence: see the README's storages); its results are lost, run the command again to start over"
+        )
+
+
 class _FailureStreak:
     """Stops the study after MAX_CONSECUTIVE_FAILURES failed trials in a row: the cause is not the hyperparameters."""
 
@@ -216,6 +248,8 @@ class _FailureStreak:
         self.stopped = False
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if str(trial.user_attrs.get("fail_reason", "")).startswith(STORAGE_FAULT):
+            return  # queued again: says nothing about the trials
         self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
         if self.streak >= MAX_CONSECUTIVE_FAILURES:
             self.stopped = True

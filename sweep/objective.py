@@ -22,9 +22,9 @@ from sweep.components import pruning_start
 from sweep.recipe import Recipe, WarmupSpec, WarmupSteps, run_config
 from sweep.stability import StabilityGuard, recovery_window
 from sweep.view import SweepView
-from sweep.workers import Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root
+from sweep.workers import STORAGE_FAULT, Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root
 from train_core.config import TrainConfig
-from train_core.errors import InputError
+from train_core.errors import FaultError, InputError
 from train_core.trainer import StepMetrics, device_label, resolve_device, train
 
 PLAN_ATTR = "search_space"  # the study user attr that keeps TrialPlan.to_study_attr()
@@ -205,6 +205,11 @@ class Objective:
         except KeyboardInterrupt:
             outcome["fail_reason"] = "interrupted"
             # The next run of the same command picks this up first and resumes from the trial's checkpoint.
+            enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs)
+            raise
+        except FaultError as error:
+            # The storage failed, not the trial: queue it again, like a dead worker's, to resume from its checkpoint.
+            outcome["fail_reason"] = f"{STORAGE_FAULT}: {error}"
             enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs)
             raise
         except Exception as error:

@@ -28,6 +28,7 @@ from sweep.runs import Runs, promoted_study
 from train_core.checkpoint import CheckpointManager
 from train_core.config import ScheduleConfig, TrainConfig
 from train_core.errors import InputError
+from train_core.locks import hold_run_folder
 from train_core.trainer import StepMetrics, check_resumable, train
 
 METRIC_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu", "val_loss")
@@ -121,6 +122,14 @@ def make_plan(
 
 
 def run_promote(
+    plan: PromotePlan, *, storage: optuna.storages.BaseStorage, console: Console, artifact_store: FileSystemArtifactStore
+) -> int:
+    # A second promote of the same trial would share the checkpoints, metrics.csv and the <study>-promoted record.
+    with hold_run_folder(plan.run_dir):
+        return _run_promote(plan, storage=storage, console=console, artifact_store=artifact_store)
+
+
+def _run_promote(
     plan: PromotePlan, *, storage: optuna.storages.BaseStorage, console: Console, artifact_store: FileSystemArtifactStore
 ) -> int:
     is_main = int(os.environ.get("RANK", 0)) == 0

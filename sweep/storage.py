@@ -6,15 +6,19 @@
     redis://host:6379/0                Optuna's journal on Redis
 """
 
+import abc
 import importlib.util
 import re
+import sqlite3
+import threading
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalRedisBackend
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalRedisBackend
 
-from train_core.errors import InputError
+from sweep.journal import CheckedJournalBackend
+from train_core.errors import FaultError, InputError
 
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 # The password runs to the URL's last '@': a raw '@' inside it (unencoded) must not leave its tail in the clear.
@@ -62,20 +66,74 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
     try:
         if kind is None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Optuna's default symlink lock points at `url` as given: relative to the lock's own folder, a path like
-            # runs/sweep.log dangles, so a lock left by a killed worker never ages out and stalls every worker for
-            # good. A plain lock file (fine on NFSv3+) is broken after Optuna's 30 s grace.
-            return JournalStorage(JournalFileBackend(url, lock_obj=JournalFileOpenLock(url)))
+            return JournalStorage(CheckedJournalBackend(url))
         if kind == "redis":
             return JournalStorage(JournalRedisBackend(url))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        return RDBStorage(_with_driver(url, kind), engine_kwargs=_engine_kwargs(kind))
-    except InputError:
+            return RDBStorage(_with_driver(url, kind), engine_kwargs=_engine_kwargs(kind))
+        return RetryingStorage(_open_rdb(_with_driver(url, kind), kind), label=mask(url))
+    except (InputError, FaultError):
         raise
     except Exception as error:  # driver errors vary by backend; all mean "cannot use this storage"
-        reason = mask(str(error).strip().splitlines()[0]) if str(error).strip() else error.__class__.__name__
-        raise InputError(f"cannot open storage {mask(url)}: {reason}") from None
+        if isinstance(root := root_cause(error), sqlite3.DatabaseError):  # a damaged file, not a wrong URL
+            raise FaultError(f"storage {mask(url)} is unusable: {describe(root)}") from None
+        raise InputError(f"cannot open storage {mask(url)}: {describe(root)}") from None
+
+
+def check_reachable(url: str) -> None:
+    """Connect to a server storage (PostgreSQL, MySQL, Redis) now, before slow work such as tokenizing a corpus.
+    A file storage is not created here: it is made once the rest of the input is known to be good."""
+    if scheme(url) not in (None, "sqlite"):
+        open_storage(url)
+
+
+def _open_rdb(url: str, kind: str) -> RDBStorage:
+    """RDBStorage, tried again when a connection it had was dropped (a server that refuses to connect is refused at
+    once: that is a wrong URL or a server that is down, see the unreachable-storage tests)."""
+    from sqlalchemy.exc import DBAPIError
+
+    for delay in (*RETRY_DELAYS_S[:3], None):
+        try:
+            return RDBStorage(url, engine_kwargs=_engine_kwargs(kind))
+        except DBAPIError as error:
+            if delay is None or not error.connection_invalidated:
+                raise
+            threading.Event().wait(delay)
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception error was raised from: the driver's own (`database disk image is malformed`) rather
+    than the wrapper's (Optuna's "... e.g. exceeding max length")."""
+    seen = {id(error)}
+    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        error = inner
+    return error
+
+
+def describe(error: BaseException) -> str:
+    """An exception as one line with passwords masked."""
+    text = str(error).strip()
+    return mask(text.splitlines()[0]) if text else error.__class__.__name__
+
+
+def storage_fault(error: BaseException) -> str | None:
+    """One line for an error raised by a storage (or the disk) mid-run, None for any other error."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(error, FaultError):
+        return str(error)
+    root = root_cause(error)
+    if isinstance(error, (optuna.exceptions.StorageInternalError, SQLAlchemyError, sqlite3.Error)) or isinstance(
+        root, sqlite3.Error
+    ):
+        return f"the storage failed: {describe(root)}"
+    if isinstance(root, OSError):
+        return f"{root.strerror or describe(root)}: {root.filename}" if root.filename else describe(root)
+    if root.__class__.__module__.startswith("redis"):
+        return f"the storage failed: {describe(root)}"
+    return None
 
 
 def _with_driver(url: str, kind: str) -> str:
@@ -84,6 +142,72 @@ def _with_driver(url: str, kind: str) -> str:
     if kind != "postgresql" or importlib.util.find_spec("psycopg") or not importlib.util.find_spec("psycopg2"):
         return url
     return "postgresql+psycopg2" + url[len(kind):]
+
+
+# Waits before the retries of a storage call that lost its connection: about 45 s in all, which covers a server
+# restart or a failover; a storage down for longer is a fault the run cannot survive.
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0)
+
+
+def is_connection_loss(error: BaseException) -> bool:
+    """Whether error is the storage's connection dropping (a server restart, a failover, an idle-connection killer),
+    as opposed to a statement the database refused."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    while error is not None:
+        if isinstance(error, DBAPIError) and (error.connection_invalidated or isinstance(error, OperationalError)):
+            return True
+        error = error.__cause__
+    return False
+
+
+class RetryingStorage(BaseStorage):
+    """A server database (PostgreSQL, MySQL) whose calls survive a dropped connection: a call that fails because its
+    connection was lost is retried on a new one after RETRY_DELAYS_S, and fails with a FaultError after the last.
+
+    A storage error inside a trial is a fault of the storage, not of the trial. Calls that create a row
+    (create_new_trial, create_new_study) are not retried: a lost acknowledgement would create it twice. It wraps the
+    RDBStorage instead of subclassing it, since Optuna would wrap a subclass in its cache, which calls private
+    methods of the RDBStorage that no public override can reach.
+    """
+
+    def __init__(self, inner: RDBStorage, *, label: str):
+        self.inner = inner
+        self.label = label
+
+
+def _retrying(name: str):
+    def call(self, *args, **kwargs):
+        method = getattr(self.inner, name)
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                return method(*args, **kwargs)
+            except Exception as error:
+                if not is_connection_loss(error):
+                    raise
+                if delay is None:
+                    raise FaultError(
+                        f"storage {self.label} lost its connection and did not come back within "
+                        f"{sum(RETRY_DELAYS_S):.0f}s ({describe(root_cause(error))}); a trial left RUNNING is retried "
+                        "from its checkpoint when the command runs again"
+                    ) from error
+                threading.Event().wait(delay)  # back off; nothing sets it
+
+    call.__name__ = name
+    return call
+
+
+def _once(name: str):
+    def call(self, *args, **kwargs):
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+for _name in sorted(BaseStorage.__abstractmethods__) + ["remove_session"]:
+    setattr(RetryingStorage, _name, (_once if _name.startswith("create_new") else _retrying)(_name))
+abc.update_abstractmethods(RetryingStorage)
 
 
 def _engine_kwargs(kind: str) -> dict:

@@ -12,6 +12,7 @@ sweep keeps its own, the same on every storage (SQLite, journal file, PostgreSQL
 Clocks of machines sharing a study must agree to well within `grace` (NTP does).
 """
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 HEARTBEAT_ATTR = "sweep:heartbeat"
 DIED = "worker died"  # how a reaped trial's fail_reason starts
+STORAGE_FAULT = "storage fault"  # how the fail_reason starts of a trial that could not write to its storage
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -182,6 +184,25 @@ class Budget:
         return not self.done and (self.waiting > 0 or self.finished + self.running < self.total)
 
 
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal this process gets when its parent dies
+
+
+def _die_with(parent: int):
+    """preexec_fn for a worker: SIGTERM when `parent` dies, however it dies (a kill -9 runs none of its cleanup), so
+    that no orphan goes on to finish the study without a summary. The worker then ends as on Ctrl-C: its trial is
+    marked interrupted and queued to resume. Linux only (elsewhere a worker outlives a killed parent)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 def visible_gpus() -> list[str]:
     """The GPUs this process may hand to its workers: the entries of CUDA_VISIBLE_DEVICES when it is set, else one
     per device torch counts (none without CUDA)."""
@@ -226,6 +247,7 @@ def run_worker_processes(study: optuna.Study, *, argv: list[str], workers: int, 
     command = [sys.executable, "-m", "sweep", *argv, "--threads", str(threads_per_worker(workers)), "--quiet"]
     procs = [
         subprocess.Popen([*command, "--worker-index", str(index)], stdout=subprocess.DEVNULL,
+                         preexec_fn=_die_with(os.getpid()),
                          env=os.environ | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
         for index, gpu in enumerate(gpus, 1)
     ]

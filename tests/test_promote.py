@@ -10,9 +10,11 @@ import contextlib
 import io
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import optuna_dashboard
@@ -42,6 +44,8 @@ from promote_fixtures import (
     write_tokens,
 )
 from sweep.cli import main
+from sweep.storage import open_storage
+from train_core.locks import RUN_LOCK_FILE, hold_run_folder
 from train_core.schedule import get_lr
 
 EVAL_STEPS = [s for s in range(MAX_STEPS) if (s + 1) % EVAL_EVERY == 0]  # 0-based steps, as in metrics.csv
@@ -172,11 +176,16 @@ def test_promoting_a_finished_run_again_says_so_and_does_nothing(promoted, capsy
     folder, _, _ = promoted
     monkeypatch.chdir(folder)
     run_dir = folder / "runs" / STUDY / f"promote-{_best(folder).number}"
-    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    before = _run_files(run_dir)
     assert main(promote_args("best")) == 0
     assert "already finished" in capsys.readouterr().out
-    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+    assert _run_files(run_dir) == before
     assert len(load(folder, f"{STUDY}-promoted").trials) == 1
+
+
+def _run_files(run_dir: Path) -> dict[str, int]:
+    """The run's files and their mtimes; the lock file names whoever held the folder last, so it is left out."""
+    return {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.name != RUN_LOCK_FILE}
 
 
 def test_max_steps_shortens_the_run_into_its_own_folder(sweep_copy, capsys):
@@ -348,3 +357,17 @@ def test_forced_promote_of_an_edited_recipe_does_not_pass_off_the_old_finished_r
     error = _one_line_error(capsys)
     assert f"checkpoint in runs/{STUDY}/promote-{_best(sweep_copy).number} was written with a different schedule" in error
     assert len(load(sweep_copy, f"{STUDY}-promoted").trials) == 1
+
+
+def test_a_second_promote_of_the_same_trial_is_refused_while_the_first_runs(sweep_copy, capsys):
+    best = _best(sweep_copy)
+    run_dir = Path("runs") / STUDY / f"promote-{best.number}"  # relative to the working directory, as promote names it
+    with hold_run_folder(run_dir):  # what the first `promote best` holds while it runs
+        code = main(promote_args("best"))
+
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.count("\n") == 0 and f"run folder {run_dir} is in use by pid {os.getpid()}" in err
+    assert not (run_dir / "metrics.csv").exists() and not step_checkpoints(run_dir)
+    storage = open_storage(f"sqlite:///{sweep_copy}/runs/sweep.db", create=False)
+    assert f"{STUDY}-promoted" not in optuna.get_all_study_names(storage=storage)  # no record of a run that did not run

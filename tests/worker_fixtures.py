@@ -112,8 +112,9 @@ def delete_study(storage_url: str, name: str) -> None:
     storage = open_storage(storage_url)
     with contextlib.suppress(KeyError):
         optuna.delete_study(study_name=name, storage=storage)
-    if hasattr(storage, "engine"):
-        storage.engine.dispose()  # no idle connections left open on the server
+    rdb = getattr(storage, "inner", storage)  # a server database is wrapped in sweep.storage.RetryingStorage
+    if hasattr(rdb, "engine"):
+        rdb.engine.dispose()  # no idle connections left open on the server
 
 
 def load_study(storage_url: str, name: str) -> optuna.Study:

@@ -3,7 +3,7 @@ callback is its only seam to the outside."""
 
 from train_core.checkpoint import CheckpointManager
 from train_core.config import TrainConfig
-from train_core.errors import InputError
+from train_core.errors import FaultError, InputError
 from train_core.model import GPT, GPTConfig
 from train_core.schedule import get_lr
 from train_core.trainer import StepMetrics, TrainResult, train
@@ -12,6 +12,7 @@ __all__ = [
     "CheckpointManager",
     "GPT",
     "GPTConfig",
+    "FaultError",
     "InputError",
     "StepMetrics",
     "TrainConfig",
