@@ -3,6 +3,7 @@
     python -m sweep lr --steps 300              sweep peak LR x warmup on the default study
     python -m sweep train --study default       one training run, checkpointed, resumed when its folder has one
     python -m sweep prepare SRC... --out DIR    tokenize text into nanoGPT train.bin / val.bin
+    python -m sweep sample [RUN_DIR | best]     text from a trained run's checkpoint
 
 Bad input exits 2 with one line; a fault it cannot survive (a damaged or lost storage, a full disk) exits 1 with
 one line; --debug shows the traceback instead.
@@ -186,6 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--steps", type=_positive_int, default=10, help="steps at the recipe's peak LR (default 10)")
     cc.add_argument("--out", type=Path, help="plot file (default <runs-dir>/<study>-coord-check.png)")
     cc.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=f"default {DEFAULT_RUNS_DIR}/")
+
+    sa = commands.add_parser("sample", help="text written by a trained run (the promoted best trial by default)")
+    sa.add_argument("run", nargs="?", default="best",
+                    help="a run folder, or 'best': the promoted run of the study's best trial (default)")
+    sa.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
+    sa.add_argument("--steps", type=_positive_int, default=300, help="the sweep's steps per trial, for the default study name")
+    _add_place_flags(sa)
+    sa.add_argument("--study-name", help="default: <study>-<steps>")
+    sa.add_argument("--prompt", default="\n", help="text the samples continue (default: a newline, as nanoGPT)")
+    sa.add_argument("--tokens", type=_positive_int, default=200, help="new tokens per sample (default 200)")
+    sa.add_argument("--samples", type=_positive_int, default=1, help="samples to write, seeds --seed, --seed + 1, ...")
+    sa.add_argument("--temperature", type=_positive_float, default=0.8, help="below 1 sharpens, above 1 flattens (default 0.8)")
+    sa.add_argument("--top-k", type=_positive_int, default=200, help="draw among the k most likely tokens (default 200)")
+    sa.add_argument("--seed", type=int, default=1337, help="the same seed writes the same text (default 1337)")
+    sa.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
 
     st = commands.add_parser("status", help="studies in a storage, or one study's trials and promoted runs")
     _add_place_flags(st)
@@ -614,6 +630,25 @@ def cmd_coord_check(args, console: Console) -> int:
     return 0
 
 
+def cmd_sample(args, console: Console) -> int:
+    from sweep.promote import pick_trial
+    from sweep.recipe import load_recipe
+    from sweep.sample import Sampling, promoted_run, sample_text
+
+    if args.run == "best":
+        recipe = load_recipe(resolve_study(args.study))
+        _, study = _existing_study(args.storage, _study_name(args, recipe, args.steps))
+        run_dir = promoted_run(study, pick_trial(study, "best"))
+    else:
+        run_dir = Path(args.run)
+    for index in range(args.samples):
+        sampling = Sampling(tokens=args.tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed + index)
+        text, state = sample_text(run_dir, prompt=args.prompt, sampling=sampling, device_name=args.device)
+        console.print(f"--- {run_dir}, step {state['step']}, seed {sampling.seed}", highlight=False)
+        console.out(text, highlight=False)
+    return 0
+
+
 def cmd_status(args, console: Console) -> int:
     from sweep.report import print_summary, studies_table
 
@@ -646,6 +681,7 @@ COMMANDS = {
     "train": cmd_train,
     "promote": cmd_promote,
     "coord-check": cmd_coord_check,
+    "sample": cmd_sample,
     "status": cmd_status,
     "audit": cmd_audit,
     "prepare": cmd_prepare,

@@ -200,6 +200,15 @@ class GPT(nn.Module):
         return chunked_cross_entropy(h.view(-1, h.size(-1)), self.transformer.wte.weight, targets.view(-1))
 
 
+    @torch.no_grad()
+    def next_token_logits(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, vocab_size) of the token that follows idx (B, T), from its last block_size tokens: sampling."""
+        h = self.hidden_states(idx[:, -self.config.block_size:])[:, -1, :]  # (B, C)
+        if self.config.parametrization == "mup":
+            h = h * self.output_multiplier  # --- μP --- the logits multiplier, as in forward
+        return (h @ self.transformer.wte.weight.t())[:, : self.config.vocab_size]  # padded rows are no tokens
+
+
 def chunked_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, chunk_rows: int = 128
 ) -> torch.Tensor:

@@ -1,0 +1,94 @@
+"""Text from a trained run's checkpoint, as nanoGPT's sample.py: after the full run, see what the model writes.
+
+    python -m sweep sample                      # the promoted run of the default study's best trial
+    python -m sweep sample runs/mine --prompt "def main(" --tokens 200 --temperature 0.8 --top-k 200 --seed 1
+
+Each token is drawn from the softmax of the logits divided by the temperature, restricted to the top-k most likely
+tokens; the seed makes the text the same on every run on the same device.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from train_core.checkpoint import CheckpointManager
+from train_core.config import TrainConfig
+from train_core.errors import InputError
+from train_core.model import GPT
+from train_core.tokenizer import EOT_TOKEN, gpt2_encoding
+from train_core.trainer import resolve_device, resolve_dtype
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """How to draw tokens; checked on construction."""
+
+    tokens: int = 200  # new tokens per sample
+    temperature: float = 0.8  # < 1 sharpens the distribution, > 1 flattens it
+    top_k: int | None = 200  # draw among the k most likely tokens only; None: among all
+    seed: int = 1337
+
+    def __post_init__(self):
+        if self.tokens < 1:
+            raise InputError(f"--tokens must be a positive number of tokens, got {self.tokens}")
+        if not self.temperature > 0:
+            raise InputError(f"--temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"--top-k must be a positive integer, got {self.top_k}")
+
+
+def promoted_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Path:
+    """The folder of the trial's promoted run (the last `promote` of it), from the study's user attr."""
+    status = study.user_attrs.get(f"promote-{trial.number}")
+    if status is None:
+        raise InputError(f"trial {trial.number} of study {study.study_name} has not been promoted: run "
+                         f"`python -m sweep promote {trial.number}` first, or give a run folder")
+    return Path(status["run_dir"])
+
+
+def load_run(run_dir: Path, *, device: torch.device) -> tuple[GPT, dict]:
+    """The model of the run's newest checkpoint (its best-val one when no step checkpoint is left), and that
+    checkpoint (its config and step)."""
+    checkpoints = CheckpointManager(run_dir)
+    state = checkpoints.load_latest(map_location=device) or checkpoints.load_best(map_location=device)
+    if state is None:
+        raise InputError(f"{run_dir} holds no checkpoint (step-*.pt or best.pt); give the folder of a training run")
+    model = GPT(TrainConfig.from_dict(state["config"]).model).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+def encode_prompt(prompt: str, *, vocab_size: int) -> list[int]:
+    """GPT-2 ids of the prompt (`<|endoftext|>` allowed, as nanoGPT); an empty prompt starts from end-of-text."""
+    ids = gpt2_encoding().encode(prompt, allowed_special={"<|endoftext|>"}) or [EOT_TOKEN]
+    if max(ids) >= vocab_size:
+        raise InputError(f"the prompt holds GPT-2 token {max(ids)}, outside this model's vocabulary of {vocab_size} "
+                         "ids; use a prompt of the model's vocabulary")
+    return ids
+
+
+def sample(model: GPT, prompt_ids: list[int], *, sampling: Sampling, device: torch.device) -> list[int]:
+    """prompt_ids followed by sampling.tokens drawn tokens."""
+    generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    dtype = resolve_dtype("auto", device) if device.type == "cuda" else torch.float32  # exact on the CPU
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        for _ in range(sampling.tokens):
+            logits = model.next_token_logits(idx).float() / sampling.temperature  # (1, V)
+            if sampling.top_k is not None and sampling.top_k < logits.size(-1):
+                kth = torch.topk(logits, sampling.top_k).values[:, -1:]  # (1, 1)
+                logits = logits.masked_fill(logits < kth, -float("inf"))
+            probs = torch.softmax(logits, dim=-1)
+            idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], dim=1)
+    return idx[0].tolist()
+
+
+def sample_text(run_dir: Path, *, prompt: str, sampling: Sampling, device_name: str = "auto") -> tuple[str, dict]:
+    """The prompt and its continuation as text, and the checkpoint it came from."""
+    device = resolve_device(device_name)
+    model, state = load_run(run_dir, device=device)
+    ids = sample(model, encode_prompt(prompt, vocab_size=model.config.vocab_size), sampling=sampling, device=device)
+    return gpt2_encoding().decode(ids), state
