@@ -41,7 +41,7 @@ import yaml
 
 from sweep.components import make_pruner
 from sweep.storage import mask, open_storage
-from sweep.workers import FINISHED, HEARTBEAT_ATTR
+from sweep.workers import FINISHED, HEARTBEAT_ATTR, trial_id
 from train_core.data import write_nanogpt_bin
 
 VOCAB = 512
@@ -197,10 +197,11 @@ def redis_journal(url: str):
             client.delete(*keys)
 
 
-def one_trial(study: optuna.Study, *, prune: bool) -> float:
+def one_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, *, prune: bool) -> float:
     """Seconds of the storage calls of one sweep trial (the training itself left out)."""
     start = time.perf_counter()
     trial = study.ask()
+    beat_id = trial_id(storage, study, trial.number)
     trial.suggest_float("lr", 3e-3, 3e-2, log=True)
     trial.suggest_categorical("warmup", [0, 2])
     for index in range(TRIAL_ATTRS):
@@ -210,7 +211,7 @@ def one_trial(study: optuna.Study, *, prune: bool) -> float:
         if prune:
             trial.should_prune()
         if step % 100 == 0:
-            study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time())
+            storage.set_trial_system_attr(beat_id, HEARTBEAT_ATTR, time.time())
     study.tell(trial, 5.0)
     return time.perf_counter() - start
 
@@ -231,10 +232,10 @@ def storage_costs(console, backends: dict, *, repeats: int) -> None:
                 )
                 with console.status(f"{label}: {PRIOR_TRIALS} trials to start from"):
                     for _ in range(PRIOR_TRIALS):
-                        one_trial(study, prune=False)
+                        one_trial(study, storage, prune=False)
                 with console.status(f"{label}: timing"):
-                    full = statistics.median(one_trial(study, prune=True) for _ in range(repeats))
-                    writes = statistics.median(one_trial(study, prune=False) for _ in range(repeats))
+                    full = statistics.median(one_trial(study, storage, prune=True) for _ in range(repeats))
+                    writes = statistics.median(one_trial(study, storage, prune=False) for _ in range(repeats))
         except Exception as error:  # an unreachable server: say so and go on with the others
             table.add_row(label, f"skipped: {mask(str(error).strip().splitlines()[0])[:70]}", "", "", "", "")
             continue

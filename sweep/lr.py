@@ -78,8 +78,10 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run trials until the study holds `trials` finished ones. Several processes, here (`workers` > 1 starts them
     with `worker_argv`) or on other machines, may work on one study at once."""
+    storage = open_storage(storage_url)
     study = open_study(
         plan,
+        storage=storage,
         storage_url=storage_url,
         study_name=study_name,
         trials=trials,
@@ -97,10 +99,8 @@ def run_sweep(
         lost = [f"worker {i} of {workers} {_how_it_ended(code)}" for i, code in enumerate(codes, 1) if code not in (0, 1)]
         devices = describe_workers(study, gpus=gpus, threads=threads_per_worker(workers))
     else:
-        stopped = run_trials(
-            study, plan, trials=trials, timeout=timeout, view=view, liveness=liveness, artifact_store=artifact_store,
-            storage_url=storage_url,
-        )
+        stopped = run_trials(study, plan, storage=storage, trials=trials, timeout=timeout, view=view, liveness=liveness,
+                             artifact_store=artifact_store, storage_url=storage_url)
     check_study_exists(storage_url, study_name)
     plot = save_lr_plot(study, path=runs.lr_plot(storage_url, study_name), artifact_store=artifact_store)
     return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped, lost_workers=lost, workers=devices)
@@ -125,6 +125,7 @@ def _how_it_ended(code: int) -> str:
 def open_study(
     plan: TrialPlan,
     *,
+    storage: optuna.storages.BaseStorage,
     storage_url: str,
     study_name: str,
     trials: int,
@@ -132,8 +133,8 @@ def open_study(
     grid_points: int,
     worker_index: int | None = None,
 ) -> optuna.Study:
-    """Create the study (recipe, search space and the anchor trial enqueued) or load it, refusing another space."""
-    storage = open_storage(storage_url)
+    """Create the study in `storage` (opened from `storage_url`) with the plan, the recipe and the anchor trial
+    enqueued, or load it, refusing another plan."""
     space = plan.to_study_attr()
     grid = trial_grid(plan, grid_points=grid_points) if sampler == "grid" else None
     existing = _load_existing(storage, study_name)
@@ -186,6 +187,7 @@ def run_trials(
     study: optuna.Study,
     plan: TrialPlan,
     *,
+    storage: optuna.storages.BaseStorage,
     trials: int,
     timeout: float | None,
     view: SweepView,
@@ -195,14 +197,16 @@ def run_trials(
 ) -> bool:
     """This process's worker loop; True when it stopped because trials kept failing."""
     interrupts = Interrupts()  # Ctrl-C / SIGTERM end the loop between steps, never inside a storage call
-    objective = Objective(plan, view=view, artifact_store=artifact_store, liveness=liveness, interrupts=interrupts)
+    objective = Objective(
+        plan, storage=storage, view=view, artifact_store=artifact_store, liveness=liveness, interrupts=interrupts
+    )
     failures = _FailureStreak()
     deadline = None if timeout is None else time.monotonic() + timeout
     with interrupts:
         while not failures.stopped and (deadline is None or time.monotonic() < deadline):
             interrupts.check()
             check_study_exists(storage_url, study.study_name)
-            reap_dead_trials(study, grace=liveness.grace)
+            reap_dead_trials(study, storage=storage, grace=liveness.grace)
             budget = Budget.of(study, total=trials)
             if budget.done:
                 break
@@ -222,7 +226,7 @@ def run_trials(
             except ValueError:
                 # "Cannot tell a FAIL trial": another worker declared this one's trial dead (its heartbeat came later
                 # than --grace: a stalled storage, a paused machine) and queued a retry, which continues the work.
-                if objective.trial_id is None or not was_reaped(study._storage, objective.trial_id):
+                if objective.trial_id is None or not was_reaped(storage, objective.trial_id):
                     raise
     return failures.stopped
 

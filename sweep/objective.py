@@ -22,10 +22,10 @@ from sweep.components import pruning_start
 from sweep.recipe import Recipe, WarmupSpec, WarmupSteps, run_config
 from sweep.stability import StabilityGuard, recovery_window
 from sweep.view import SweepView
-from sweep.workers import STORAGE_FAULT, Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root
+from sweep.workers import STORAGE_FAULT, Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root, trial_id
 from train_core.config import TrainConfig
 from train_core.errors import FaultError, InputError
-from train_core.trainer import StepMetrics, device_label, resolve_device, train
+from train_core.trainer import StepMetrics, TrainResult, device_label, resolve_device, train
 
 PLAN_ATTR = "search_space"  # the study user attr that keeps TrialPlan.to_study_attr()
 CURVE_COLUMNS = ("step", "loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "val_loss")
@@ -120,6 +120,52 @@ class TrialPlan:
         )
 
 
+class StepReporter:
+    """The trainer's per-step callback for one trial: guards stability, reports the smoothed loss to Optuna, asks the
+    pruner, and keeps the curve. Returns True (stop) once the trial is to be pruned; `prune_reason` says why."""
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        *,
+        guard: StabilityGuard,
+        view: SweepView,
+        interrupts: Interrupts,
+        prune_from: int,
+        pruner_name: str,
+        branched: bool,
+    ):
+        self.trial = trial
+        self.guard = guard
+        self.view = view
+        self.interrupts = interrupts
+        self.prune_from = prune_from
+        self.pruner_name = pruner_name
+        self.branched = branched
+        self.curve: list[dict] = []
+        self.prune_reason: str | None = None
+
+    def __call__(self, metrics: StepMetrics) -> bool:
+        self.interrupts.check()  # a Ctrl-C or SIGTERM stops the trial here, between steps
+        if not self.curve and metrics.step > 0 and not self.branched:
+            self.trial.set_user_attr("resumed_at_step", metrics.step)
+        reason = self.guard.check(metrics)
+        smoothed = self.guard.smoothed_loss
+        self.curve.append(_curve_row(metrics, smoothed))
+        self.view.trial_step(self.trial.number, metrics, smoothed)
+        if reason is None:
+            self.trial.report(smoothed, metrics.step)
+            # should_prune reads every trial from the storage (about 10 ms on SQLite or PostgreSQL): ask it only
+            # from the step the pruner starts comparing at, and never on the last step, which decides nothing.
+            comparing = metrics.step >= self.prune_from and metrics.val_loss is None
+            if comparing and self.trial.should_prune():
+                reason = f"{self.pruner_name}: loss {smoothed:.3f} behind the other trials at step {metrics.step}"
+        if reason is None:
+            return False
+        self.prune_reason = reason
+        return True
+
+
 class Objective:
     """Callable for `study.optimize`: suggests (lr, warmup), trains, returns the final validation loss.
 
@@ -132,112 +178,97 @@ class Objective:
         self,
         plan: TrialPlan,
         *,
+        storage: optuna.storages.BaseStorage,
         view: SweepView,
         artifact_store: FileSystemArtifactStore,
         liveness: Liveness,
         interrupts: Interrupts,
     ):
         self.plan = plan
+        self.storage = storage  # the study's, as opened: heartbeats write to it
         self.view = view
         self.artifact_store = artifact_store
         self.liveness = liveness
         self.prune_from = pruning_start(steps=plan.steps, warmup_steps=plan.warmups.longest)
         self.interrupts = interrupts
-        self.trial_id: int | None = None  # of the trial this objective ran last
+        self.trial_id: int | None = None  # the storage's id of the trial this objective ran last
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.trial_id = trial._trial_id
-        plan = self.plan
-        lr = trial.suggest_float("lr", plan.lr_min, plan.lr_max, log=True)
-        warmup = plan.warmups.suggest(trial)
-        if (twin := _finished_twin(trial)) is not None:
-            # Nothing will train in this trial's folder: for a retry it holds the dead trial's checkpoints.
-            shutil.rmtree(plan.study_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}", ignore_errors=True)
-            return _reuse(trial, twin)
-        config = plan.trial_config(lr=lr, warmup_steps=warmup)
+        self.trial_id = trial_id(self.storage, trial.study, trial.number)
+        lr = trial.suggest_float("lr", self.plan.lr_min, self.plan.lr_max, log=True)
+        warmup = self.plan.warmups.suggest(trial)
         # A retry of a dead or interrupted trial trains in the first trial's folder: it resumes from its checkpoint.
-        # A fresh trial starts from an empty folder, whatever an older study of the same name left there.
-        out_dir = plan.study_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}"
-        branched_at = None
-        if "resume_trial" not in trial.user_attrs:
-            shutil.rmtree(out_dir, ignore_errors=True)
-            if plan.branches is not None and (branched_at := plan.branches.take(config, out_dir)) is not None:
-                trial.set_user_attr("branched_from_step", branched_at)
-        guard = StabilityGuard(
-            initial_loss=math.log(config.model.vocab_size),
-            warmup_steps=warmup,
-            rules=plan.guard_rules,
-            recovery_steps=recovery_window(steps=plan.steps),
+        out_dir = self.plan.study_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}"
+        if (twin := _finished_twin(trial)) is not None:
+            shutil.rmtree(out_dir, ignore_errors=True)  # nothing trains here; a retry's folder holds dead checkpoints
+            return _reuse(trial, twin)
+        config = self.plan.trial_config(lr=lr, warmup_steps=warmup)
+        branched_at = self._start_folder(trial, config, out_dir)
+        reporter = StepReporter(
+            trial,
+            guard=StabilityGuard(
+                initial_loss=math.log(config.model.vocab_size),
+                warmup_steps=warmup,
+                rules=self.plan.guard_rules,
+                recovery_steps=recovery_window(steps=self.plan.steps),
+            ),
+            view=self.view,
+            interrupts=self.interrupts,
+            prune_from=self.prune_from,
+            pruner_name=self.plan.pruner_name,
+            branched=branched_at is not None,
         )
-        curve: list[dict] = []
-        outcome: dict[str, str] = {}
-
-        def on_step(metrics: StepMetrics) -> bool:
-            self.interrupts.check()  # a Ctrl-C or SIGTERM stops the trial here, between steps
-            if not curve and metrics.step > 0 and branched_at is None:
-                trial.set_user_attr("resumed_at_step", metrics.step)
-            reason = guard.check(metrics)
-            curve.append(_curve_row(metrics, guard.smoothed_loss))
-            self.view.trial_step(trial.number, metrics, guard.smoothed_loss)
-            if reason is None:
-                trial.report(guard.smoothed_loss, metrics.step)
-                # should_prune reads every trial from the storage (about 10 ms on SQLite or PostgreSQL): ask it only
-                # from the step the pruner starts comparing at, and never on the last step, which decides nothing.
-                comparing = metrics.step >= self.prune_from and metrics.val_loss is None
-                if comparing and trial.should_prune():
-                    reason = f"{plan.pruner_name}: loss {guard.smoothed_loss:.3f} behind the other trials at step {metrics.step}"
-            if reason is not None:
-                outcome["prune_reason"] = reason
-                return True
-            return False
-
         self.view.trial_started(trial.number, lr=lr, warmup=warmup)
-        trial.set_user_attr("seed", plan.seed)
-        trial.set_user_attr("config_hash", _config_hash(config))
-        trial.set_user_attr("recipe_digest", plan.recipe.digest)
-        trial.set_user_attr("device", device_label(resolve_device(config.device)))
-        if commit := git_commit():
-            trial.set_user_attr("git_commit", commit)
+        _record_provenance(trial, config, self.plan)
+        result = self._train(trial, config, out_dir, reporter)
+        _record_result(trial, result)
+        optuna_dashboard.save_note(trial, _note(lr, warmup, result.final_val_loss, result.tokens_per_s, reporter.prune_reason))
+        if self.plan.branches is not None:
+            self.plan.branches.put(config, out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints only serve a trial that is still running
+        if reporter.prune_reason is not None:
+            raise optuna.TrialPruned(reporter.prune_reason)
+        return result.final_val_loss
+
+    def _start_folder(self, trial: optuna.Trial, config: TrainConfig, out_dir: Path) -> int | None:
+        """Ready the trial's folder: a retry keeps it (and resumes); a fresh trial starts from an empty one, whatever an
+        older study of the same name left there, or from a shorter WSD trial's stable phase. The step it starts at
+        when it branches, else None."""
+        if "resume_trial" in trial.user_attrs:
+            return None
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if self.plan.branches is None or (branched_at := self.plan.branches.take(config, out_dir)) is None:
+            return None
+        trial.set_user_attr("branched_from_step", branched_at)
+        return branched_at
+
+    def _train(self, trial: optuna.Trial, config: TrainConfig, out_dir: Path, reporter: StepReporter) -> TrainResult:
+        """train() under a heartbeat; whatever happens, the trial keeps why it ended, its wall time and its curve."""
+        fail_reason = None
         started = time.perf_counter()
         try:
-            with Heartbeat(trial.study._storage, trial._trial_id, interval=self.liveness.interval):
-                result = train(config, out_dir=out_dir, callback=on_step)
+            with Heartbeat(self.storage, self.trial_id, interval=self.liveness.interval):
+                return train(config, out_dir=out_dir, callback=reporter)
         except KeyboardInterrupt:
-            outcome["fail_reason"] = "interrupted"
+            fail_reason = "interrupted"
             # The next run of the same command picks this up first and resumes from the trial's checkpoint.
             enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs)
             raise
         except FaultError as error:
             # The storage failed, not the trial: queue it again, like a dead worker's, to resume from its checkpoint.
-            outcome["fail_reason"] = f"{STORAGE_FAULT}: {error}"
+            fail_reason = f"{STORAGE_FAULT}: {error}"
             enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs)
             raise
         except Exception as error:
-            outcome["fail_reason"] = f"{error.__class__.__name__}: {error}"
+            fail_reason = f"{error.__class__.__name__}: {error}"
             raise
         finally:
-            wall = time.perf_counter() - started
-            for key, value in outcome.items():
-                trial.set_user_attr(key, value)
-            trial.set_user_attr("wall_s", round(wall, 2))
-            self._save_curve(trial, out_dir, curve)
-
-        trial.set_user_attr("train_s", round(result.train_seconds, 2))
-        trial.set_user_attr("tokens_seen", result.tokens_seen)
-        trial.set_user_attr("flops", result.tokens_seen * result.flops_per_token)
-        trial.set_user_attr("tokens_per_s", round(result.tokens_per_s, 1))
-        trial.set_user_attr("mfu", round(result.mfu, 4))
-        trial.set_user_attr("final_train_loss", result.final_train_loss)
-        trial.set_user_attr("steps_done", result.steps_done)
-        if result.final_val_loss is not None:
-            trial.set_user_attr("val_loss", result.final_val_loss)
-        optuna_dashboard.save_note(trial, _note(lr, warmup, result.final_val_loss, result.tokens_per_s, outcome))
-        if plan.branches is not None:
-            plan.branches.put(config, out_dir)
-        shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints only serve a trial that is still running
-        if "prune_reason" in outcome:
-            raise optuna.TrialPruned(outcome["prune_reason"])
-        return result.final_val_loss
+            if reporter.prune_reason is not None:
+                trial.set_user_attr("prune_reason", reporter.prune_reason)
+            if fail_reason is not None:
+                trial.set_user_attr("fail_reason", fail_reason)
+            trial.set_user_attr("wall_s", round(time.perf_counter() - started, 2))
+            self._save_curve(trial, out_dir, reporter.curve)
 
     def _save_curve(self, trial: optuna.Trial, out_dir: Path, curve: list[dict]) -> None:
         """The per-step curve as a CSV artifact, viewable in optuna-dashboard."""
@@ -250,6 +281,27 @@ class Objective:
             writer.writeheader()
             writer.writerows(curve)
         upload_artifact(artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial)
+
+
+def _record_provenance(trial: optuna.Trial, config: TrainConfig, plan: TrialPlan) -> None:
+    trial.set_user_attr("seed", plan.seed)
+    trial.set_user_attr("config_hash", _config_hash(config))
+    trial.set_user_attr("recipe_digest", plan.recipe.digest)
+    trial.set_user_attr("device", device_label(resolve_device(config.device)))
+    if commit := git_commit():
+        trial.set_user_attr("git_commit", commit)
+
+
+def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
+    trial.set_user_attr("train_s", round(result.train_seconds, 2))
+    trial.set_user_attr("tokens_seen", result.tokens_seen)
+    trial.set_user_attr("flops", result.tokens_seen * result.flops_per_token)
+    trial.set_user_attr("tokens_per_s", round(result.tokens_per_s, 1))
+    trial.set_user_attr("mfu", round(result.mfu, 4))
+    trial.set_user_attr("final_train_loss", result.final_train_loss)
+    trial.set_user_attr("steps_done", result.steps_done)
+    if result.final_val_loss is not None:
+        trial.set_user_attr("val_loss", result.final_val_loss)
 
 
 def _finished_twin(trial: optuna.Trial) -> FrozenTrial | None:
@@ -283,14 +335,14 @@ def _curve_row(metrics: StepMetrics, smoothed: float) -> dict:
     }
 
 
-def _note(lr: float, warmup: int, val_loss: float | None, tokens_per_s: float, outcome: dict) -> str:
+def _note(lr: float, warmup: int, val_loss: float | None, tokens_per_s: float, prune_reason: str | None) -> str:
     lines = [
         f"**peak lr** {lr:.3g} · **warmup** {warmup} steps",
         f"**val loss** {val_loss:.4f}" if val_loss is not None else "**val loss** —",
         f"**tokens/s** {tokens_per_s:,.0f}",
     ]
-    if "prune_reason" in outcome:
-        lines.append(f"**pruned** {outcome['prune_reason']}")
+    if prune_reason is not None:
+        lines.append(f"**pruned** {prune_reason}")
     return "\n\n".join(lines)
 
 

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -42,12 +43,21 @@ class Liveness:
 
 
 class Heartbeat:
-    """Context manager: a thread that stamps one trial every `interval` seconds until the block ends."""
+    """Context manager: a thread that stamps one trial with `clock` (wall time) every `interval` seconds until the
+    block ends."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, *, interval: float):
+    def __init__(
+        self,
+        storage: optuna.storages.BaseStorage,
+        trial_id: int,
+        *,
+        interval: float,
+        clock: Callable[[], float] = time.time,
+    ):
         self.storage = storage
         self.trial_id = trial_id
         self.interval = interval
+        self.clock = clock
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
 
@@ -70,7 +80,7 @@ class Heartbeat:
                 continue
 
     def _beat(self) -> None:
-        self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+        self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, self.clock())
 
 
 class Interrupts:
@@ -115,18 +125,26 @@ def last_beat(trial: FrozenTrial) -> float:
     return float(stamp) if stamp is not None else trial.datetime_start.timestamp()
 
 
-def reap_dead_trials(study: optuna.Study, *, grace: float) -> list[int]:
-    """Fail the RUNNING trials nobody has stamped for `grace` seconds and enqueue their retries; their numbers."""
-    storage = study._storage
-    now = time.time()
+def trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of trial `number` of `study`, through public storage calls (Optuna keeps `_trial_id` private)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
+def reap_dead_trials(
+    study: optuna.Study, *, storage: optuna.storages.BaseStorage, grace: float, clock: Callable[[], float] = time.time
+) -> list[int]:
+    """Fail the RUNNING trials nobody has stamped for `grace` seconds (by `clock`, wall time) and enqueue their
+    retries; their numbers. `storage` is the study's, as opened."""
+    now = clock()
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         silent = now - last_beat(trial)
         if silent < grace:
             continue
+        dead = trial_id(storage, study, trial.number)
         try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{DIED}: no heartbeat for {silent:.0f}s")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            storage.set_trial_user_attr(dead, "fail_reason", f"{DIED}: no heartbeat for {silent:.0f}s")
+            storage.set_trial_state_values(dead, TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue  # finished meanwhile, or another worker reaped it first
         # A retry that died before its objective suggested anything holds its params only as the enqueued ones.

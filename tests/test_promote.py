@@ -46,6 +46,7 @@ from promote_fixtures import (
 from sweep.cli import main
 from sweep.storage import open_storage
 from train_core.locks import RUN_LOCK_FILE, hold_run_folder
+from sweep.workers import trial_id
 from train_core.schedule import get_lr
 
 EVAL_STEPS = [s for s in range(MAX_STEPS) if (s + 1) % EVAL_EVERY == 0]  # 0-based steps, as in metrics.csv
@@ -153,7 +154,8 @@ def test_promote_records_a_complete_trial_in_the_promoted_study(promoted):
     rows = read_metrics(run_dir)
     curve = {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]}
 
-    promoted_study = load(folder, f"{STUDY}-promoted")
+    storage = open_storage(f"sqlite:///{folder}/runs/sweep.db", create=False)
+    promoted_study = optuna.load_study(study_name=f"{STUDY}-promoted", storage=storage)
     (trial,) = promoted_study.trials
     assert trial.state == TrialState.COMPLETE
     assert trial.params == best.params
@@ -162,9 +164,9 @@ def test_promote_records_a_complete_trial_in_the_promoted_study(promoted):
     assert trial.user_attrs["source_study"] == STUDY
     assert trial.user_attrs["steps_done"] == MAX_STEPS
     assert f"full run of trial {best.number}" in optuna_dashboard.get_note(
-        optuna.trial.Trial(promoted_study, trial._trial_id)
+        optuna.trial.Trial(promoted_study, trial_id(storage, promoted_study, trial.number))
     )
-    (meta,) = get_all_artifact_meta(trial, storage=promoted_study._storage)
+    (meta,) = get_all_artifact_meta(trial, storage=storage)
     assert meta.filename == "metrics.csv"
     copy = folder / "downloaded.csv"
     download_artifact(artifact_store=FileSystemArtifactStore(folder / "runs" / "artifacts"), file_path=str(copy),
@@ -211,7 +213,8 @@ def test_dry_run_prints_the_plan_and_creates_nothing(sweep_copy, capsys):
     assert not _promote_folders(sweep_copy)
     study = load(sweep_copy)
     assert not [k for k in study.user_attrs if k.startswith("promote-")]
-    names = [s.study_name for s in optuna.get_all_study_summaries(study._storage, include_best_trial=False)]
+    storage = open_storage(f"sqlite:///{sweep_copy}/runs/sweep.db", create=False)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     assert names == [STUDY]
 
 

@@ -93,7 +93,7 @@ def test_two_workers_on_postgres_share_the_budget_and_run_each_trial_once(study,
         assert not [t.number for t in all_trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         for trial in finished:
             # A trial run by two workers would carry two loss curves (each run uploads one) and a retry_of.
-            assert len(get_all_artifact_meta(trial, storage=result._storage)) == 1, trial.number
+            assert len(get_all_artifact_meta(trial, storage=open_storage(url))) == 1, trial.number
             assert "retry_of" not in trial.user_attrs
             assert trial.state == TrialState.PRUNED or trial.user_attrs["steps_done"] == 20
         # The two workers really ran at the same time: some pair of trials overlaps.

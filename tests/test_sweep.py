@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from sweep.cli import main
 from sweep.recipe import load_recipe
+from sweep.storage import open_storage
 from sweep_fixtures import ANCHOR_LR, STEPS, VOCAB, load, run_lr, study_values, write_study
 from train_core.model import GPT
 
@@ -85,7 +86,7 @@ def test_sweep_saves_the_plot_and_one_curve_per_trial(finished):
     assert [m.filename for m in get_all_artifact_meta(study)] == [plot.name]
     store = FileSystemArtifactStore(folder / "store" / "artifacts")
     for trial in study.get_trials():
-        metas = get_all_artifact_meta(trial, storage=study._storage)
+        metas = get_all_artifact_meta(trial, storage=open_storage(storage))
         assert [m.filename for m in metas] == [f"trial-{trial.number}-curve.csv"]
         out = folder / f"downloaded-{trial.number}.csv"
         download_artifact(artifact_store=store, artifact_id=metas[0].artifact_id, file_path=str(out))

@@ -36,7 +36,9 @@ from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixtur
 )
 
 from sweep.storage import open_storage
-from sweep.workers import FINISHED, Budget, Heartbeat, Liveness, reap_dead_trials, resume_root, visible_gpus, worker_gpus
+from sweep.workers import (
+    FINISHED, Budget, Heartbeat, Liveness, reap_dead_trials, resume_root, trial_id, visible_gpus, worker_gpus,
+)
 from train_core.errors import InputError
 
 DIED = re.compile(r"^worker died: no heartbeat for \d+s$")
@@ -54,9 +56,15 @@ def study_file(data, tmp_path):
 
 
 @pytest.fixture
-def journal(tmp_path):
-    """A fresh study on a journal file, as a worker process sees it."""
-    return optuna.create_study(study_name="unit", storage=open_storage(str(tmp_path / "journal.log")))
+def storage(tmp_path):
+    """A journal file storage, as a worker process opens it."""
+    return open_storage(str(tmp_path / "journal.log"))
+
+
+@pytest.fixture
+def journal(storage):
+    """A fresh study in `storage`."""
+    return optuna.create_study(study_name="unit", storage=storage)
 
 
 def running_trial(study: optuna.Study, **attrs) -> optuna.Trial:
@@ -69,9 +77,9 @@ def running_trial(study: optuna.Study, **attrs) -> optuna.Trial:
     return trial
 
 
-def reap_soon(study: optuna.Study, *, timeout: float = 10) -> list[int]:
-    """reap_dead_trials with grace GRACE, polled until it reaps something."""
-    return wait_until(lambda: reap_dead_trials(study, grace=GRACE), timeout=timeout, what="a trial to be reaped")
+def reap_later(study: optuna.Study, storage, *, seconds: float = 2 * GRACE) -> list[int]:
+    """reap_dead_trials with grace GRACE, run as if `seconds` had passed: time is the clock's, not a sleep's."""
+    return reap_dead_trials(study, storage=storage, grace=GRACE, clock=lambda: time.time() + seconds)
 
 
 def by_number(study: optuna.Study) -> dict[int, optuna.trial.FrozenTrial]:
@@ -81,10 +89,11 @@ def by_number(study: optuna.Study) -> dict[int, optuna.trial.FrozenTrial]:
 # --- heartbeat and reaping, in-process ------------------------------------------------------------------------------
 
 
-def test_silent_running_trial_is_failed_and_retried_with_its_params(journal):
+def test_silent_running_trial_is_failed_and_retried_with_its_params(journal, storage):
     trial = running_trial(journal, anchor=True)
+    assert reap_later(journal, storage, seconds=0) == []  # not silent for GRACE yet
 
-    assert reap_soon(journal) == [0]
+    assert reap_later(journal, storage) == [0]
 
     dead, retry = by_number(journal)[0], by_number(journal)[1]
     assert dead.state == TrialState.FAIL
@@ -94,62 +103,70 @@ def test_silent_running_trial_is_failed_and_retried_with_its_params(journal):
     assert retry.user_attrs == {"retry_of": 0, "resume_trial": 0, "anchor": True}  # the anchor stays the anchor
 
 
-def test_trial_with_a_live_heartbeat_is_not_reaped_until_it_stops(journal):
+def test_trial_with_a_live_heartbeat_is_not_reaped_until_it_stops(journal, storage):
+    """The heartbeat stamps by its clock; reaping reads the stamps by its own. Both clocks are set by the test, so
+    nothing depends on how fast this machine runs."""
     trial = running_trial(journal)
-    with Heartbeat(journal._storage, trial._trial_id, interval=GRACE / 5):
-        started = time.monotonic()
-        while time.monotonic() - started < 4 * GRACE:  # well past the grace
-            assert reap_dead_trials(journal, grace=GRACE) == []
-            time.sleep(GRACE / 10)
+    now = [1_000_000.0]  # wall time as the test sets it, far past the trial's start
+
+    def stamped() -> float | None:
+        return by_number(journal)[0].system_attrs.get("sweep:heartbeat")
+
+    with Heartbeat(storage, trial_id(storage, journal, trial.number), interval=0.01, clock=lambda: now[0]):
+        for _ in range(3):  # the trial lives on as long as its beats come
+            wait_until(lambda: stamped() == now[0], timeout=10, what="a beat at the current time")
+            at = now[0]
+            assert reap_dead_trials(journal, storage=storage, grace=GRACE, clock=lambda: at + 0.9 * GRACE) == []
+            now[0] += 10 * GRACE  # far past the grace of the last beat
+        wait_until(lambda: stamped() == now[0], timeout=10, what="a beat at the current time")
         assert by_number(journal)[0].state == TrialState.RUNNING
+    last = now[0]
+    # Silent now: the same trial is reapable once GRACE passes after its last beat, so the checks above were not vacuous.
+    assert reap_dead_trials(journal, storage=storage, grace=GRACE, clock=lambda: last + 1.1 * GRACE) == [0]
 
-    assert reap_soon(journal) == [0]  # silent now: the same trial is reapable, so the check above was not vacuous
 
-
-def test_reaping_twice_enqueues_one_retry(journal):
+def test_reaping_twice_enqueues_one_retry(journal, storage):
     running_trial(journal)
-    assert reap_soon(journal) == [0]
+    assert reap_later(journal, storage) == [0]
 
-    assert reap_dead_trials(journal, grace=GRACE) == []
+    assert reap_later(journal, storage) == []
     assert [t.state for t in journal.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
 
 
-def test_two_workers_reaping_the_same_stale_view_enqueue_one_retry(journal, tmp_path):
+def test_two_workers_reaping_the_same_stale_view_enqueue_one_retry(journal, storage, tmp_path):
     """Worker B read the trial as RUNNING before worker A reaped it: B's reap must find it finished and back off."""
-    other = optuna.load_study(study_name="unit", storage=open_storage(str(tmp_path / "journal.log")))
+    other_storage = open_storage(str(tmp_path / "journal.log"))
+    other = optuna.load_study(study_name="unit", storage=other_storage)
     running_trial(journal)
-    stale = wait_until(
-        lambda: [t for t in other.get_trials(states=(TrialState.RUNNING,))
-                 if time.time() - t.datetime_start.timestamp() > GRACE],
-        timeout=10, what="the trial to go silent",
-    )
-    assert reap_dead_trials(journal, grace=GRACE) == [0]
+    stale = other.get_trials(states=(TrialState.RUNNING,))
+    assert reap_later(journal, storage) == [0]
 
     other.get_trials = lambda **_: stale  # B's view from before A's reap
-    assert reap_dead_trials(other, grace=GRACE) == []
+    assert reap_later(other, other_storage) == []
 
     states = [t.state for t in journal.get_trials()]
     assert states == [TrialState.FAIL, TrialState.WAITING]
     assert DIED.match(by_number(journal)[0].user_attrs["fail_reason"])
 
 
-def test_a_retry_that_died_before_suggesting_is_retried_with_the_same_params_and_folder(journal):
+def test_a_retry_that_died_before_suggesting_is_retried_with_the_same_params_and_folder(journal, storage):
     running_trial(journal)
-    assert reap_soon(journal) == [0]
+    assert reap_later(journal, storage) == [0]
     retry = journal.ask()  # pops the queued retry, as the next worker's objective would
     assert retry.number == 1 and resume_root(retry.number, retry.user_attrs) == 0
 
-    assert reap_soon(journal) == [1]
+    assert reap_later(journal, storage) == [1]
 
     second = by_number(journal)[2]
     assert second.user_attrs == {"retry_of": 1, "resume_trial": 0}
     assert second.system_attrs["fixed_params"] == by_number(journal)[0].params
 
 
-def test_heartbeat_stops_when_its_trial_was_reaped(journal):
+def test_heartbeat_stops_when_its_trial_was_reaped(journal, storage):
     trial = running_trial(journal)
-    with Heartbeat(journal._storage, trial._trial_id, interval=0.05) as beat:
-        journal._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # declared dead by another worker
+    number = trial_id(storage, journal, trial.number)
+    with Heartbeat(storage, number, interval=0.05) as beat:
+        storage.set_trial_state_values(number, TrialState.FAIL)  # declared dead by another worker
         beat.thread.join(timeout=5)
         assert not beat.thread.is_alive()
 
@@ -330,8 +347,10 @@ def test_a_paused_worker_whose_trial_was_reaped_drops_it_and_goes_on(study_file,
                timeout=60, what="trial 0's first checkpoint")
     pause_outside_storage_writes(worker, lock=tmp_path / "store" / "sweep.log.lock")
     try:
-        study = load_study(str(tmp_path / "store" / "sweep.log"), "pause")
-        assert wait_until(lambda: reap_dead_trials(study, grace=2), timeout=30, what="the paused trial reaped") == [0]
+        storage = open_storage(str(tmp_path / "store" / "sweep.log"), create=False)
+        study = optuna.load_study(study_name="pause", storage=storage)
+        assert wait_until(lambda: reap_dead_trials(study, storage=storage, grace=2), timeout=30,
+                          what="the paused trial reaped") == [0]
     finally:
         worker.send_signal(signal.SIGCONT)
 
@@ -365,9 +384,8 @@ def test_journal_lock_left_by_a_killed_worker_can_age_out(tmp_path, monkeypatch)
     assert (tmp_path / "runs" / "sweep.log.lock").stat().st_mtime > 0  # follows no dangling link
 
 
-def test_heartbeat_survives_a_storage_hiccup(journal):
+def test_heartbeat_survives_a_storage_hiccup(journal, storage):
     trial = running_trial(journal)
-    storage = journal._storage
     calls = []
 
     class Flaky:
@@ -377,7 +395,7 @@ def test_heartbeat_survives_a_storage_hiccup(journal):
                 raise ConnectionError("server closed the connection unexpectedly")
             storage.set_trial_system_attr(*args)
 
-    with Heartbeat(Flaky(), trial._trial_id, interval=0.02) as beat:
+    with Heartbeat(Flaky(), trial_id(storage, journal, trial.number), interval=0.02) as beat:
         wait_until(lambda: len(calls) >= 5, timeout=10, what="beats after the failed one")
         assert beat.thread.is_alive()
 
@@ -515,8 +533,7 @@ class Watcher:
             started, ended = STARTED.findall(text), set(ENDED.findall(text))
             if not started or started[-1] in ended:
                 continue
-            trial = self.study._storage.get_trial(self.study._storage.get_trial_id_from_study_id_trial_number(
-                self.study._study_id, int(started[-1])))
+            trial = self.study.get_trials(deepcopy=False)[int(started[-1])]
             if trial.state != TrialState.RUNNING:
                 continue  # reaped while its worker was stalled; the worker drops it
             files = checkpoints(self.runs / f"trial-{resume_root(trial.number, trial.user_attrs)}")
