@@ -14,7 +14,7 @@ from train_core.data import TokenData, write_nanogpt_bin
 from train_core.errors import InputError
 from train_core.model import GPT
 from train_core.tokenizer import gpt2_encoding
-from train_core.trainer import build_model, make_optimizer, train
+from train_core.trainer import build_model, evaluate, make_optimizer, setup_run, train, train_step
 
 CPU = torch.device("cpu")
 
@@ -258,3 +258,14 @@ def test_compiled_runs_of_one_process_share_one_compiled_model_and_start_from_th
     eager = [train(make_config(**run)).losses for run in runs]
     assert losses[0] != losses[1]
     np.testing.assert_allclose(losses, eager, rtol=1e-4)
+
+
+def test_the_loops_steps_called_one_by_one_give_the_losses_train_reports(make_config, tmp_path):
+    """train() is setup_run, then train_step, evaluate and save_checkpoints per step: each a step a test can call."""
+    config = make_config(schedule={"max_steps": 4})
+    expected = train(config, out_dir=tmp_path / "whole")
+    run = setup_run(config, checkpoints=None, rank=0, world_size=1)
+    steps = [train_step(run, step) for step in range(4)]
+    assert [s.loss for s in steps] == expected.losses  # bitwise
+    assert all(s.finite for s in steps) and [s.lr for s in steps] == [config.schedule.lr(i) for i in range(4)]
+    assert evaluate(run) == expected.final_val_loss

@@ -168,163 +168,246 @@ def _train(
     rank: int,
     world_size: int,
 ) -> TrainResult:
-    is_main = rank == 0
-    device = resolve_device(config.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # else every torchrun rank would also open a context on GPU 0
-    autocast_dtype = resolve_dtype(config.dtype, device)
-    grad_accum = config.grad_accum_steps(world_size=world_size)
     checkpoints = CheckpointManager(out_dir, keep_last=config.checkpoint.keep_last) if out_dir else None
-
     if checkpoints and (done := checkpoints.done_summary()) is not None:
         check_resumable(done["config"], config, out_dir)
         return TrainResult(**done["result"])  # finished earlier: nothing to do
 
-    with _rank_zero_first(world_size, is_main):
-        train_data, val_data = open_data(config.data, vocab_size=config.model.vocab_size, progress=is_main)
-
-    raw_model, model = build_model(config, device)
-    optimizer = make_optimizer(raw_model, config, device)
-    start_step, best_val_loss = 0, None
-    state = checkpoints.load_latest(map_location=device) if checkpoints else None
-    if state is not None:
-        check_resumable(state["config"], config, out_dir, step=state["step"])
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["cpu"].cpu())
-        if device.type == "cuda" and "cuda" in state["rng"]:  # absent in a checkpoint written on a CPU
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
-        start_step, best_val_loss = state["step"], state["best_val_loss"]
-
-    if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = functools.partial(
-        torch.autocast, device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32
-    )
-    flops_per_token = raw_model.flops_per_token()
-    # A peak the config names is taken as given; else this machine's, kept across runs (train_core/peak.py).
-    peak = MachinePeak("config", config.peak_flops) if config.peak_flops else MachinePeak.load(device, autocast_dtype)
-    tokens_per_step = config.batch.total_batch_size
-    sched = config.schedule
-    B, T = config.batch.micro_batch_size, config.model.block_size
-
-    def evaluate() -> float:
-        model.eval()
-        total = torch.zeros((), device=device)
-        with torch.no_grad(), autocast():
-            for index in range(rank, config.eval.iters, world_size):
-                x, y = to_device(*val_data.val_batch(index, batch_size=B, block_size=T), device)
-                total += model(x, y)
-        model.train()
-        if world_size > 1:
-            dist.all_reduce(total)
-        return total.item() / config.eval.iters
-
-    def snapshot(step_done: int) -> dict:
-        rng = {"cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        return {
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "config": config.to_dict(),
-            "step": step_done,
-            "best_val_loss": best_val_loss,
-            "rng": rng,
-        }
-
-    batches = TrainBatches(train_data, device=device, prefetch=device.type == "cuda", seed=config.seed,
-                           grad_accum=grad_accum, rank=rank, batch_size=B, block_size=T)
-    status, losses, train_seconds, val_loss = "completed", [], 0.0, None
-    metrics = None
-    step = start_step
-    for step in range(start_step, sched.max_steps):
-        t0 = time.perf_counter()
-        lr = sched.lr(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_multiplier"]  # --- μP --- hidden matrices train at lr/m; 1 elsewhere
-        loss_sum = torch.zeros((), device=device)
-        for micro_step in range(grad_accum):
-            x, y = batches.get(step=step, micro_step=micro_step)
-            # Under DDP, average gradients across processes only on the last micro-step.
-            sync = world_size == 1 or micro_step == grad_accum - 1
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
-                loss = model(x, y) / grad_accum
-            batches.prefetch_after(step=step, micro_step=micro_step)  # CUDA: while the GPU runs this forward
-            loss.backward()
-            loss_sum += loss.detach()
-        if world_size > 1:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        max_norm = config.optimizer.grad_clip if config.optimizer.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm).item()
-        loss_value = loss_sum.item()
-        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
-        if finite:
-            optimizer.step()  # a non-finite step is never applied
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        train_seconds += dt
-        losses.append(loss_value)
-
-        last = step == sched.max_steps - 1
-        val_loss = evaluate() if finite and ((step + 1) % config.eval.interval == 0 or last) else None
-        new_best = val_loss is not None and (best_val_loss is None or val_loss < best_val_loss)
+    run = setup_run(config, checkpoints=checkpoints, rank=rank, world_size=world_size)
+    max_steps = config.schedule.max_steps
+    status, steps_done, steps, val_loss = "completed", run.start_step, [], None
+    for step in range(run.start_step, max_steps):
+        taken = train_step(run, step)
+        steps.append(taken)
+        steps_done = step + 1
+        last = step == max_steps - 1
+        val_loss = evaluate(run) if taken.finite and (steps_done % config.eval.interval == 0 or last) else None
+        new_best = val_loss is not None and (run.best_val_loss is None or val_loss < run.best_val_loss)
         if new_best:
-            best_val_loss = val_loss
-        metrics = StepMetrics(
-            step=step,
-            loss=loss_value,
-            lr=lr,
-            grad_norm=grad_norm,
-            tokens_seen=(step + 1) * tokens_per_step,
-            tokens_per_s=tokens_per_step / dt,
-            ms_per_step=dt * 1000,
-            mfu=peak.mfu(flops_per_token * tokens_per_step / dt / world_size),
-            val_loss=val_loss,
-        )
-        stop = bool(callback(metrics)) if (callback and is_main) else False
+            run.best_val_loss = val_loss
+        stop = bool(callback(step_metrics(run, taken, val_loss=val_loss))) if (callback and run.is_main) else False
         if world_size > 1:
-            stop = _any_rank(stop, device)
-        if checkpoints and is_main and finite:
-            if new_best:
-                checkpoints.save_best(snapshot(step + 1))
-            if (step + 1) % config.checkpoint.interval == 0 or last:
-                checkpoints.save(snapshot(step + 1), step=step + 1)
-            if step + 1 == sched.stable_end:
-                checkpoints.save_stable(snapshot(step + 1), step=step + 1)
-        if not finite:
+            stop = _any_rank(stop, run.device)
+        if checkpoints and run.is_main and taken.finite:
+            save_checkpoints(run, steps_done=steps_done, new_best=new_best)
+        if not taken.finite:
             status = "nonfinite"
             break
         if stop:
             status = "stopped"
             break
 
-    steps_done = step + 1 if metrics is not None else start_step
-    if not config.peak_flops and is_main:
-        peak.save()  # a step that beat the kept peak raised it
-    if metrics is None and val_loss is None:
-        val_loss = evaluate()  # resumed from the final checkpoint of a run that died before writing DONE
-    result = TrainResult(
-        status=status,
-        steps_done=steps_done,
-        tokens_seen=steps_done * tokens_per_step,
-        final_train_loss=losses[-1] if losses else math.nan,
-        final_val_loss=val_loss,
-        best_val_loss=best_val_loss,
-        train_seconds=train_seconds,
-        tokens_per_s=tokens_per_step * len(losses) / train_seconds if train_seconds else 0.0,
-        mfu=peak.mfu(flops_per_token * tokens_per_step * len(losses) / train_seconds / world_size)
-        if train_seconds
-        else 0.0,
-        flops_per_token=flops_per_token,
-        num_params=raw_model.num_params(),
-        losses=losses,
-    )
-    if checkpoints and is_main and status == "completed":
+    if not config.peak_flops and run.is_main:
+        run.peak.save()  # a step that beat the kept peak raised it
+    if not steps and val_loss is None:
+        val_loss = evaluate(run)  # resumed from the final checkpoint of a run that died before writing DONE
+    result = run_result(run, steps, status=status, steps_done=steps_done, final_val_loss=val_loss)
+    if checkpoints and run.is_main and status == "completed":
         checkpoints.mark_done({"result": asdict(result) | {"losses": []}, "config": config.to_dict()})
     return result
+
+
+@dataclass(kw_only=True)
+class Run:
+    """One training run as `setup_run` builds it: what the steps below read, and the two things they change
+    (best_val_loss, and the model and optimizer state through torch)."""
+
+    config: TrainConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    raw_model: GPT
+    model: torch.nn.Module  # raw_model, compiled and wrapped in DDP as the config and world size ask (build_model)
+    optimizer: torch.optim.AdamW
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    batches: TrainBatches
+    val_data: TokenData
+    checkpoints: CheckpointManager | None
+    peak: MachinePeak
+    flops_per_token: int
+    start_step: int  # the step a resumed run continues from; 0 for a fresh one
+    best_val_loss: float | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def grad_accum(self) -> int:
+        return self.config.grad_accum_steps(world_size=self.world_size)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.config.batch.total_batch_size
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepTaken:
+    """One optimizer step as train_step took it."""
+
+    step: int
+    lr: float
+    loss: float  # mean over the micro-batches; nan/inf when the step was not finite
+    grad_norm: float  # before clipping
+    seconds: float
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
+
+
+def setup_run(config: TrainConfig, *, checkpoints: CheckpointManager | None, rank: int, world_size: int) -> Run:
+    """Data, model and optimizer for `config`, resumed from the newest good checkpoint when there is one."""
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # else every torchrun rank would also open a context on GPU 0
+    autocast_dtype = resolve_dtype(config.dtype, device)
+    with _rank_zero_first(world_size, rank == 0):
+        train_data, val_data = open_data(config.data, vocab_size=config.model.vocab_size, progress=rank == 0)
+
+    raw_model, model = build_model(config, device)
+    optimizer = make_optimizer(raw_model, config, device)
+    start_step, best_val_loss = 0, None
+    state = checkpoints.load_latest(map_location=device) if checkpoints else None
+    if state is not None:
+        check_resumable(state["config"], config, checkpoints.folder, step=state["step"])
+        restore(state, model=raw_model, optimizer=optimizer, device=device)
+        start_step, best_val_loss = state["step"], state["best_val_loss"]
+
+    if world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # A peak the config names is taken as given; else this machine's, kept across runs (train_core/peak.py).
+    peak = MachinePeak("config", config.peak_flops) if config.peak_flops else MachinePeak.load(device, autocast_dtype)
+    batches = TrainBatches(train_data, device=device, prefetch=device.type == "cuda", seed=config.seed,
+                           grad_accum=config.grad_accum_steps(world_size=world_size), rank=rank,
+                           batch_size=config.batch.micro_batch_size, block_size=config.model.block_size)
+    return Run(
+        config=config, rank=rank, world_size=world_size, device=device, raw_model=raw_model, model=model,
+        optimizer=optimizer,
+        autocast=functools.partial(
+            torch.autocast, device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32
+        ),
+        batches=batches, val_data=val_data, checkpoints=checkpoints, peak=peak,
+        flops_per_token=raw_model.flops_per_token(), start_step=start_step, best_val_loss=best_val_loss,
+    )
+
+
+def restore(state: dict, *, model: GPT, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Weights, optimizer moments and RNG from a checkpoint (see `snapshot`)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state["rng"]:  # absent in a checkpoint written on a CPU
+        torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+
+
+def train_step(run: Run, step: int) -> StepTaken:
+    """One optimizer step at the schedule's LR: grad_accum micro-batches, clipping; a non-finite step is not applied."""
+    started = time.perf_counter()
+    config, grad_accum = run.config, run.grad_accum
+    lr = config.schedule.lr(step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr * group["lr_multiplier"]  # --- μP --- hidden matrices train at lr/m; 1 elsewhere
+    loss_sum = torch.zeros((), device=run.device)
+    for micro_step in range(grad_accum):
+        x, y = run.batches.get(step=step, micro_step=micro_step)
+        # Under DDP, average gradients across processes only on the last micro-step.
+        sync = run.world_size == 1 or micro_step == grad_accum - 1
+        with (contextlib.nullcontext() if sync else run.model.no_sync()), run.autocast():
+            loss = run.model(x, y) / grad_accum
+        run.batches.prefetch_after(step=step, micro_step=micro_step)  # CUDA: while the GPU runs this forward
+        loss.backward()
+        loss_sum += loss.detach()
+    if run.world_size > 1:
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    max_norm = config.optimizer.grad_clip if config.optimizer.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), max_norm).item()
+    loss_value = loss_sum.item()
+    if math.isfinite(loss_value) and math.isfinite(grad_norm):
+        run.optimizer.step()  # a non-finite step is never applied
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    return StepTaken(step=step, lr=lr, loss=loss_value, grad_norm=grad_norm, seconds=time.perf_counter() - started)
+
+
+def evaluate(run: Run) -> float:
+    """Mean val loss over the config's fixed eval batches (split across ranks)."""
+    config = run.config
+    run.model.eval()
+    total = torch.zeros((), device=run.device)
+    with torch.no_grad(), run.autocast():
+        for index in range(run.rank, config.eval.iters, run.world_size):
+            batch = run.val_data.val_batch(index, batch_size=config.batch.micro_batch_size,
+                                           block_size=config.model.block_size)
+            x, y = to_device(*batch, run.device)
+            total += run.model(x, y)
+    run.model.train()
+    if run.world_size > 1:
+        dist.all_reduce(total)
+    return total.item() / config.eval.iters
+
+
+def step_metrics(run: Run, taken: StepTaken, *, val_loss: float | None) -> StepMetrics:
+    tokens = run.tokens_per_step
+    return StepMetrics(
+        step=taken.step,
+        loss=taken.loss,
+        lr=taken.lr,
+        grad_norm=taken.grad_norm,
+        tokens_seen=(taken.step + 1) * tokens,
+        tokens_per_s=tokens / taken.seconds,
+        ms_per_step=taken.seconds * 1000,
+        mfu=run.peak.mfu(run.flops_per_token * tokens / taken.seconds / run.world_size),
+        val_loss=val_loss,
+    )
+
+
+def snapshot(run: Run, *, steps_done: int) -> dict:
+    """Everything an exact resume needs: weights, optimizer, config, step, best val loss, RNG."""
+    rng = {"cpu": torch.get_rng_state()}
+    if run.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(run.device)
+    return {
+        "model": run.raw_model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "config": run.config.to_dict(),
+        "step": steps_done,
+        "best_val_loss": run.best_val_loss,
+        "rng": rng,
+    }
+
+
+def save_checkpoints(run: Run, *, steps_done: int, new_best: bool) -> None:
+    """The checkpoint policy: a best copy on each new best val loss, one every checkpoint.interval steps and at the
+    end, and (wsd) the state where the cool-down starts, which longer runs branch from."""
+    last = steps_done == run.config.schedule.max_steps
+    if new_best:
+        run.checkpoints.save_best(snapshot(run, steps_done=steps_done))
+    if steps_done % run.config.checkpoint.interval == 0 or last:
+        run.checkpoints.save(snapshot(run, steps_done=steps_done), step=steps_done)
+    if steps_done == run.config.schedule.stable_end:
+        run.checkpoints.save_stable(snapshot(run, steps_done=steps_done), step=steps_done)
+
+
+def run_result(run: Run, steps: list[StepTaken], *, status: str, steps_done: int, final_val_loss: float | None) -> TrainResult:
+    """The result of this call's steps (a resumed run's earlier steps are not in its losses or speed)."""
+    seconds = sum(s.seconds for s in steps)
+    tokens = run.tokens_per_step * len(steps)
+    return TrainResult(
+        status=status,
+        steps_done=steps_done,
+        tokens_seen=steps_done * run.tokens_per_step,
+        final_train_loss=steps[-1].loss if steps else math.nan,
+        final_val_loss=final_val_loss,
+        best_val_loss=run.best_val_loss,
+        train_seconds=seconds,
+        tokens_per_s=tokens / seconds if seconds else 0.0,
+        mfu=run.peak.mfu(run.flops_per_token * tokens / seconds / run.world_size) if seconds else 0.0,
+        flops_per_token=run.flops_per_token,
+        num_params=run.raw_model.num_params(),
+        losses=[s.loss for s in steps],
+    )
 
 
 def check_resumable(saved: dict, config: TrainConfig, out_dir: Path, *, step: int | None = None) -> None:
