@@ -425,12 +425,10 @@ def cmd_horizon(args, console: Console) -> int:
 
 def cmd_transfer(args, console: Console) -> int:
     from sweep.recipe import load_recipe
-    from sweep.storage import artifact_dir, open_storage
+    from sweep.storage import open_storage
     from sweep.transfer import report_lines, save_transfer_plot, store_transfer, fit_transfer, width_recipe
 
     recipe = load_recipe(resolve_study(args.study))
-    if args.study_name:
-        raise InputError("transfer names its studies <study>-<parametrization>-w<width>-<steps>; --study-name is not taken here")
     parametrization = args.parametrization or recipe.train.model.parametrization
     plans = {w: _sweep_plan(args, width_recipe(recipe, n_embd=w, parametrization=parametrization), steps=args.steps)
              for w in args.widths}
@@ -440,10 +438,10 @@ def cmd_transfer(args, console: Console) -> int:
     studies = {w: _run_sweep(args, console, plan).study for w, plan in plans.items()}
     fit = fit_transfer(studies, parametrization=parametrization, steps=args.steps)
     name = "μP" if parametrization == "mup" else "SP"
-    plot = save_transfer_plot(fit, Path("runs") / f"{recipe.name}-transfer-{parametrization}.png",
+    plot = save_transfer_plot(fit, args.runs.transfer_plot(recipe.name, parametrization),
                               title=f"{recipe.name}, {name}, {args.steps} steps")
     summary = store_transfer(fit, storage=open_storage(args.storage), recipe_name=recipe.name, plot=plot,
-                             artifact_dir=artifact_dir(args.storage))
+                             artifact_dir=args.runs.artifacts(args.storage))
     for line in report_lines(fit):
         console.print(line, highlight=False)
     console.print(f"plot: {plot}; stored in study {summary.study_name}", highlight=False)

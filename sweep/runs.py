@@ -8,6 +8,7 @@
       <recipe>-horizon.png         the horizon fit's plot
       <recipe>-range.png           the LR range test's plot
       <recipe>-coord-check.png     μP's coordinate check
+      <recipe>-transfer-<p>.png    μTransfer's loss-vs-LR curves across widths
       sweep.db                     the default storage
       artifacts/, <study>-lr.png   artifacts and plots of a storage that is a server (PostgreSQL, Redis); next to a
                                    SQLite or journal file otherwise
@@ -89,6 +90,9 @@ class Runs:
 
     def coord_check_plot(self, recipe_name: str) -> Path:
         return self.root / f"{folder_name(recipe_name)}-coord-check.png"
+
+    def transfer_plot(self, recipe_name: str, parametrization: str) -> Path:
+        return self.root / f"{folder_name(recipe_name)}-transfer-{parametrization}.png"
 
     def default_storage(self) -> str:
         return f"sqlite:///{self.root / 'sweep.db'}"

@@ -61,3 +61,12 @@ def test_runs_dir_holds_the_default_storage_and_every_run(study, tmp_path, capsy
     assert main(["train", "--study", str(study), "--max-steps", "2", "--runs-dir", str(elsewhere)]) == 0
     assert (elsewhere / "tiny" / "train" / "DONE").exists()
     assert not (tmp_path / "runs").exists()
+
+
+def test_transfer_puts_its_studies_plots_and_artifacts_in_the_runs_dir(study, tmp_path, capsys):
+    runs = tmp_path / "rd"
+    assert main(["transfer", "--study", str(study), "--widths", "16,32", "--steps", "10", "--grid-points", "2", "-q",
+                 "--runs-dir", str(runs)]) == 0
+    assert "stored in study tiny-transfer-sp" in capsys.readouterr().out
+    assert (runs / "tiny-transfer-sp.png").exists() and (runs / "artifacts").is_dir() and (runs / "sweep.db").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rd", "tiny.yaml"]
