@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-steps", type=_positive_int, help="shorter (or longer) full run; the cosine horizon follows")
     pr.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     pr.add_argument("--force", action="store_true", help="promote even if the recipe changed since the sweep")
+    pr.add_argument("--n-embd", type=_positive_int,
+                    help="μP: promote at this width (head count fixed); SP moves the LR by the drift `transfer` fitted")
     pr.add_argument("--lr-from", choices=("trial", "horizon"), default="trial",
                     help="peak LR of the trial (default) or extrapolated to max_steps by `sweep horizon`")
 
@@ -602,7 +604,14 @@ def cmd_promote(args, console: Console) -> int:
         lr, band = law.predict(tokens), law.uncertainty_factor(tokens)
         console.print(f"peak lr extrapolated by `sweep horizon` to {steps} steps: {lr:.3g}"
                       + (f" (x/÷ {band:.2f})" if math.isfinite(band) else ""), highlight=False)
-    plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs=args.runs, lr=lr)
+    lr_reason = "extrapolated by `sweep horizon`" if lr else "the trial's"
+    if args.n_embd is not None:  # --- μP ---
+        from sweep.transfer import width_lr
+
+        lr, lr_reason = width_lr(storage=storage, study=study, recipe=recipe, lr=lr or float(trial.params["lr"]),
+                                 n_embd=args.n_embd)
+    plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs=args.runs, lr=lr,
+                     lr_reason=lr_reason, n_embd=args.n_embd)
     if args.dry_run:
         console.print(plan.describe(), highlight=False)
         return 0

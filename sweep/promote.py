@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import optuna_dashboard
+import torch
 import yaml
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.distributions import FloatDistribution
@@ -29,7 +30,8 @@ from train_core.checkpoint import CheckpointManager
 from train_core.config import ScheduleConfig, TrainConfig
 from train_core.errors import InputError
 from train_core.locks import hold_run_folder
-from train_core.trainer import StepMetrics, check_resumable, train
+from train_core.model import GPT
+from train_core.trainer import StepMetrics, check_resumable, check_same_parametrization, train
 
 METRIC_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu", "val_loss")
 
@@ -40,6 +42,7 @@ class PromotePlan:
     trial: FrozenTrial
     config: TrainConfig
     run_dir: Path
+    lr_reason: str = "the trial's"  # where the peak LR comes from
 
     @property
     def tokens(self) -> int:
@@ -49,8 +52,13 @@ class PromotePlan:
         s = self.config.schedule
         speed = self.trial.user_attrs.get("tokens_per_s")
         eta = f", about {_duration(self.tokens / speed)} at the trial's {speed:,.0f} tokens/s" if speed else ""
+        m = self.config.model
+        with torch.device("meta"):  # counts parameters without allocating a model that may not fit here
+            params = GPT(m).num_params()
+        width = f"μP, base width {m.mup_base_width}" if m.parametrization == "mup" else "SP"
         return (
-            f"promote trial {self.trial.number} of {self.study.study_name}: peak lr {s.max_lr:.3g}, warmup "
+            f"promote trial {self.trial.number} of {self.study.study_name}: width {m.n_embd} ({m.n_layer} layers, "
+            f"{m.n_head} heads, {width}), {params:,} parameters; peak lr {s.max_lr:.3g} ({self.lr_reason}), warmup "
             f"{s.warmup_steps} steps, {_decay(s)}; "
             f"{s.max_steps:,} steps x {self.config.batch.total_batch_size:,} tokens = {self.tokens:,} tokens{eta}; "
             f"eval every {self.config.eval.interval} steps, checkpoints every {self.config.checkpoint.interval} "
@@ -102,8 +110,11 @@ def make_plan(
     force: bool,
     runs: Runs,
     lr: float | None = None,
+    lr_reason: str = "the trial's",
+    n_embd: int | None = None,
 ) -> PromotePlan:
-    """The full run of `trial`: its warmup, its peak LR unless `lr` (e.g. extrapolated to the horizon) is given."""
+    """The full run of `trial`: its warmup, its peak LR unless `lr` (e.g. extrapolated to the horizon) is given, at
+    the recipe's width or n_embd (--- μP ---)."""
     changes = recipe_changes(study, recipe)
     if changes and not force:
         raise InputError(
@@ -114,11 +125,15 @@ def make_plan(
     # Warmup keeps the trial's step count: it tames the first updates, whose trouble does not grow with the horizon.
     warmup = min(int(trial.params["warmup"]), steps)
     config = run_config(recipe, lr=lr or float(trial.params["lr"]), warmup_steps=warmup, steps=steps,
-                        seed=int(trial.user_attrs.get("seed", recipe.train.seed)))
-    # A shortened run or another LR must not resume the plain full run's checkpoints.
+                        seed=int(trial.user_attrs.get("seed", recipe.train.seed)), n_embd=n_embd)
+    swept = study.user_attrs.get("model")  # --- μP --- the model as the study trained it (transfer widens it)
+    if swept is not None:
+        check_same_parametrization(swept, config.model, where=f"study {study.study_name}")
+    # A shortened run, another LR or another width must not resume the plain full run's checkpoints.
     suffix = ("" if max_steps is None else f"-{steps}steps") + ("" if lr is None else f"-lr{lr:.3g}")
+    suffix += "" if n_embd is None else f"-w{n_embd}"
     run_dir = runs.study(study.study_name) / f"promote-{trial.number}{suffix}"
-    return PromotePlan(study=study, trial=trial, config=config, run_dir=run_dir)
+    return PromotePlan(study=study, trial=trial, config=config, run_dir=run_dir, lr_reason=lr_reason)
 
 
 def run_promote(

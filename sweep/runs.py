@@ -8,7 +8,7 @@
       <recipe>-horizon.png         the horizon fit's plot
       <recipe>-range.png           the LR range test's plot
       <recipe>-coord-check.png     μP's coordinate check
-      <recipe>-transfer-<p>.png    μTransfer's loss-vs-LR curves across widths
+      <recipe>-transfer-<p>.png    μP: the LR-transfer figure of parametrization p (studies <recipe>-<p>-w<width>-<steps>)
       sweep.db                     the default storage
       artifacts/, <study>-lr.png   artifacts and plots of a storage that is a server (PostgreSQL, Redis); next to a
                                    SQLite or journal file otherwise
@@ -55,6 +55,16 @@ def promoted_study(study_name: str) -> str:
     return f"{study_name}-promoted"
 
 
+def transfer_study(recipe_name: str, parametrization: str) -> str:
+    """--- μP --- The study that holds a recipe's LR-transfer fit across widths under one parametrization."""
+    return f"{recipe_name}-transfer-{parametrization}"
+
+
+def width_recipe_name(recipe_name: str, parametrization: str, n_embd: int) -> str:
+    """--- μP --- The recipe at another width, as `transfer` sweeps it: its studies are <this>-<steps>."""
+    return f"{recipe_name}-{parametrization}-w{n_embd}"
+
+
 def folder_name(name: str) -> str:
     """A name that is safe as one folder: `name` itself when it is plain (letters, digits, '.', '_', '-', at most 64,
     not starting with a dot), else its plain characters cut to 40 and a hash of the whole name, so that two names
@@ -92,7 +102,7 @@ class Runs:
         return self.root / f"{folder_name(recipe_name)}-coord-check.png"
 
     def transfer_plot(self, recipe_name: str, parametrization: str) -> Path:
-        return self.root / f"{folder_name(recipe_name)}-transfer-{parametrization}.png"
+        return self.root / f"{folder_name(transfer_study(recipe_name, parametrization))}.png"
 
     def default_storage(self) -> str:
         return f"sqlite:///{self.root / 'sweep.db'}"

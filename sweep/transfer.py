@@ -20,6 +20,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from sweep.analysis import PowerLaw, fit_power_law
 from sweep.recipe import Recipe
+from sweep.runs import transfer_study, width_recipe_name
 from sweep.trust import CurveBottom, curve_bottom
 from sweep.width import at_width
 
@@ -30,11 +31,7 @@ def width_recipe(recipe: Recipe, *, n_embd: int, parametrization: str) -> Recipe
     """The recipe at another width and parametrization, named after both: its study, run folders and branch store are
     its own."""
     train = at_width(recipe.train, n_embd=n_embd, parametrization=parametrization, flag="--widths")
-    return dataclasses.replace(recipe, name=f"{recipe.name}-{parametrization}-w{n_embd}", train=train)
-
-
-def summary_study_name(recipe_name: str, parametrization: str) -> str:
-    return f"{recipe_name}-transfer-{parametrization}"
+    return dataclasses.replace(recipe, name=width_recipe_name(recipe.name, parametrization, n_embd), train=train)
 
 
 @dataclass(frozen=True)
@@ -85,7 +82,7 @@ def store_transfer(
     fit: TransferFit, *, storage: optuna.storages.BaseStorage, recipe_name: str, plot: Path, artifact_dir: Path
 ) -> optuna.Study:
     """The fit in the user attrs of `<recipe>-transfer-<parametrization>`, its plot as an artifact, a note."""
-    summary = optuna.create_study(study_name=summary_study_name(recipe_name, fit.parametrization), storage=storage,
+    summary = optuna.create_study(study_name=transfer_study(recipe_name, fit.parametrization), storage=storage,
                                   load_if_exists=True)
     for key, value in fit.attrs().items():
         summary.set_user_attr(key, value)
@@ -139,23 +136,24 @@ def save_transfer_plot(fit: TransferFit, path: Path, *, title: str) -> Path:
     return path
 
 
-def width_lr(
-    *, storage: optuna.storages.BaseStorage, recipe_name: str, parametrization: str, lr: float, from_width: int,
-    to_width: int,
-) -> tuple[float, str]:
-    """The peak LR for a model widened from `from_width` to `to_width`, and why: μP keeps the LR (what μP is for);
-    SP moves it along the drift `transfer` fitted, or keeps it with a warning when there is no fit."""
-    if parametrization == "mup":
-        return lr, f"μP: the width-{from_width} trial's lr, as is"
+def width_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, recipe: Recipe, lr: float,
+             n_embd: int) -> tuple[float, str]:
+    """The peak LR for the swept model made n_embd wide, and why: μP keeps the LR (what μP is for); SP moves it along
+    the drift `transfer` fitted, or keeps it with a warning when there is none."""
+    swept = study.user_attrs.get("model") or dataclasses.asdict(recipe.train.model)  # as the study trained it
+    width = swept["n_embd"]
+    if swept.get("parametrization", "sp") == "mup":
+        return lr, f"μP: the width-{width} trial's lr as is"
+    name = transfer_study(recipe.name, "sp")
     summary = next((s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-                    if s.study_name == summary_study_name(recipe_name, "sp")), None)
+                    if s.study_name == name), None)
     law = summary.user_attrs.get("law") if summary else None
     if law is None:
-        return lr, (f"warning: SP without a drift fit (run `sweep transfer --parametrization sp` first): the width-"
-                    f"{from_width} trial's lr as is, though SP's best lr moves with width")
+        return lr, (f"SP without a drift fit ({name}: run `sweep transfer --parametrization sp` first): the width-"
+                    f"{width} trial's lr as is, though SP's best lr moves with width")
     slope = law["exponent"]
-    return lr * (to_width / from_width) ** slope, (
-        f"SP: the width-{from_width} trial's lr {lr:.3g} x ({to_width}/{from_width})^{slope:.3f}, the drift `transfer` fitted")
+    return lr * (n_embd / width) ** slope, (
+        f"SP: the width-{width} lr {lr:.3g} x ({n_embd}/{width})^{slope:.3f}, the drift `transfer` fitted")
 
 
 def _finite_or_none(value: float) -> float | None:
