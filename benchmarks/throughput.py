@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
 
     console = rich.console.Console()
-    console.width = max(console.width, 100)  # piped output defaults to 80 columns and would squeeze the table
+    console.width = max(console.width, 130)  # piped output defaults to 80 columns and would squeeze the table
     peaks = measure_peaks(console, device)
     table = rich.table.Table(box=rich.box.SIMPLE, title=f"training throughput on {device_label(device)}, "
                                                          f"median of {args.steps} steps after {WARMUP_STEPS} warm-up")

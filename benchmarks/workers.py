@@ -105,9 +105,10 @@ def compare_workers(console, study: str, counts: list[int], *, trials: int, step
     from train_core.data import ensure_corpus
 
     study_file = resolve_study(study).resolve()
-    data = load_recipe(study_file).train.data
-    table = rich.table.Table(box=rich.box.SIMPLE, title=f"{study} study: {trials} trials x {steps} steps, journal file, "
-                                                        "pruning off")
+    recipe = load_recipe(study_file)
+    data = recipe.train.data
+    table = rich.table.Table(box=rich.box.SIMPLE, title=f"{recipe.name} study: {trials} trials x {steps} steps, "
+                                                        "journal file, pruning off")
     for column in ("workers", "trials", "wall s", "trials/h", "vs first", "steady trials/h", "vs first"):
         table.add_column(column, justify="right", no_wrap=True)
     with tempfile.TemporaryDirectory() as tmp:

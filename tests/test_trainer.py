@@ -175,6 +175,17 @@ def test_resume_is_bitwise_exact(make_config, tmp_path):
     assert resumed.best_val_loss == uninterrupted.best_val_loss
 
 
+def test_resume_restores_the_random_state_dropout_draws_from(make_config, tmp_path):
+    """With dropout each step's loss depends on the RNG, so a resumed run matches the uninterrupted one only if its
+    checkpoint restored the RNG state: the CPU generator's here, the device's too on a GPU (the same code path)."""
+    config = make_config(model={"dropout": 0.1}, schedule={"max_steps": 8}, checkpoint={"interval": 4})
+    uninterrupted = train(config)
+    train(config, out_dir=tmp_path / "run", callback=_stop_after(3))
+    assert set(CheckpointManager(tmp_path / "run").load_latest()["rng"]) == {"cpu"}  # no CUDA generator here
+    resumed = train(config, out_dir=tmp_path / "run")
+    assert resumed.losses == uninterrupted.losses[4:]  # bitwise
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(make_config, tmp_path, damage):
     config = make_config(schedule={"max_steps": 10}, checkpoint={"interval": 2})
