@@ -89,7 +89,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """The autocast dtype: bfloat16 only where the hardware runs it natively (emulated bf16 is ~100x slower)."""
     if name != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    # Native on Ampere and later; torch's default check also says yes where bf16 is only emulated (V100, T4).
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16
