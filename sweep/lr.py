@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
-from sweep.objective import PLAN_ATTR, Objective, TrialPlan
-from sweep.recipe import warmup_steps
+from sweep.objective import PLAN_ATTR, Objective, TrialPlan, name_metric
+from sweep.recipe import recipe_note, warmup_steps
 from sweep.runs import Runs
 from sweep.storage import mask, open_storage, scheme, sqlite_path
 from sweep.view import SweepView
@@ -173,6 +174,8 @@ def open_study(
         study.set_user_attr("model", dataclasses.asdict(plan.recipe.train.model))  # as trained: transfer widens it
         study.set_user_attr("anchor_lr", plan.recipe.search.anchor_lr)
         study.set_user_attr("anchor_source", plan.recipe.search.anchor_source)
+        name_metric(study)
+        optuna_dashboard.save_note(study, recipe_note(plan.recipe.text))
         study.set_user_attr("pruner", plan.pruner_name)
         study.set_user_attr("guard_rules", plan.guard_rules)
         study.enqueue_trial(

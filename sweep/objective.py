@@ -8,6 +8,7 @@ import math
 import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -302,6 +303,13 @@ def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
     trial.set_user_attr("steps_done", result.steps_done)
     if result.final_val_loss is not None:
         trial.set_user_attr("val_loss", result.final_val_loss)
+
+
+def name_metric(study: optuna.Study) -> None:
+    """The dashboard names the objective `val_loss` instead of "Objective 0"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val_loss"])
 
 
 def _finished_twin(trial: optuna.Trial) -> FrozenTrial | None:

@@ -71,6 +71,8 @@ def draw_lr_plot(points: list[LrPoint], *, title: str, path: Path) -> None:
                         color="dimgrey")
     ax.set_ylim(low, high)
     ax.set_xscale("log")
+    if len({p.lr for p in points}) == 1:  # one LR: give the log axis a width
+        ax.set_xlim(points[0].lr / 2, points[0].lr * 2)
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("loss at the trial's end")
     ax.set_title(title)

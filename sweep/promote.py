@@ -1,16 +1,20 @@
 """Promote a sweep trial into the study's full run: its peak LR and warmup, the recipe's max_steps and schedule.
 
-The run goes to <runs dir>/<study>/promote-<trial>/ (checkpoints, metrics.csv) and resumes from there after a crash.
-Optuna does not let a finished trial change, so the result is written back as
-- the sweep study's user attr `promote-<trial>` (status, run dir, steps done, val losses, tokens), updated at every
-  evaluation, and a section of the study's markdown note;
-- a trial of the study `<study>-promoted` with the full run's val-loss curve as intermediate values, its per-step
-  curve as a CSV artifact, and a note, written when the run finishes.
+The run goes to <runs dir>/<study>/<run>/ (checkpoints, metrics.csv), <run> being promote-<trial>, with -<N>steps for
+another --max-steps and -lr<x> for another LR, and resumes from there after a crash. Optuna does not let a finished
+trial change, so the result is written back as
+- the sweep study's user attr `<run>` (status, run dir, steps done, val losses, tokens, when it started), updated at
+  every evaluation, and a section of the study's markdown note: one entry per run, so promoting a trial twice with
+  different --max-steps keeps both;
+- a trial of the study `<study>-promoted`, started when the run starts and told when it ends (the dashboard shows its
+  real duration), with the full run's val-loss curve as intermediate values, its per-step curve as a CSV artifact,
+  and a note. A run that a crash interrupted leaves its trial FAIL; the resumed run records a new one.
 """
 
 import csv
 import os
 import time
+from datetime import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +27,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from sweep.objective import git_commit
-from sweep.recipe import Recipe, _Loader, run_config
+from sweep.objective import git_commit, name_metric
+from sweep.recipe import Recipe, _Loader, recipe_note, run_config
 from sweep.runs import Runs, promoted_study
 from train_core.checkpoint import CheckpointManager
 from train_core.config import ScheduleConfig, TrainConfig
@@ -43,6 +47,12 @@ class PromotePlan:
     config: TrainConfig
     run_dir: Path
     lr_reason: str = "the trial's"  # where the peak LR comes from
+    notes: tuple[str, ...] = ()  # one line each, printed before the plan: what the run does differently from the trial
+
+    @property
+    def key(self) -> str:
+        """The run's name: its folder, and its user attr in the sweep study."""
+        return self.run_dir.name
 
     @property
     def tokens(self) -> int:
@@ -50,13 +60,13 @@ class PromotePlan:
 
     def describe(self) -> str:
         s = self.config.schedule
-        speed = self.trial.user_attrs.get("tokens_per_s")
-        eta = f", about {_duration(self.tokens / speed)} at the trial's {speed:,.0f} tokens/s" if speed else ""
+        speed, source = fastest_speed(self.study)
+        eta = f", about {_duration(self.tokens / speed)} at {speed:,.0f} tokens/s ({source})" if speed else ""
         m = self.config.model
         with torch.device("meta"):  # counts parameters without allocating a model that may not fit here
             params = GPT(m).num_params()
         width = f"μP, base width {m.mup_base_width}" if m.parametrization == "mup" else "SP"
-        return (
+        return "\n".join(self.notes) + ("\n" if self.notes else "") + (
             f"promote trial {self.trial.number} of {self.study.study_name}: width {m.n_embd} ({m.n_layer} layers, "
             f"{m.n_head} heads, {width}), {params:,} parameters; peak lr {s.max_lr:.3g} ({self.lr_reason}), warmup "
             f"{s.warmup_steps} steps, {_decay(s)}; "
@@ -64,6 +74,20 @@ class PromotePlan:
             f"eval every {self.config.eval.interval} steps, checkpoints every {self.config.checkpoint.interval} "
             f"into {self.run_dir}"
         )
+
+
+def fastest_speed(study: optuna.Study) -> tuple[float | None, str]:
+    """The best tokens/s measured for this study's model and batch (its trials and its promoted runs), and where it was
+    measured. A run's average speed drops with the machine's load, so the fastest is the best guess of an unloaded
+    run; an estimate from it is a lower bound on time under load."""
+    measured = [(t.user_attrs["tokens_per_s"], f"trial {t.number}") for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("tokens_per_s")]
+    measured += [(v["tokens_per_s"], k) for k, v in study.user_attrs.items()
+                 if k.startswith("promote-") and isinstance(v, dict) and v.get("tokens_per_s")]
+    if not measured:
+        return None, ""
+    speed, where = max(measured)
+    return speed, f"the fastest measured in this study, {where}; slower on a busy machine"
 
 
 def _decay(s: ScheduleConfig) -> str:
@@ -124,6 +148,10 @@ def make_plan(
     steps = max_steps or sched.max_steps
     # Warmup keeps the trial's step count: it tames the first updates, whose trouble does not grow with the horizon.
     warmup = min(int(trial.params["warmup"]), steps)
+    notes = ()
+    if warmup < int(trial.params["warmup"]):
+        notes = (f"warmup shrinks from the trial's {trial.params['warmup']} steps to {warmup}: the run has only {steps} "
+                 "steps",)
     config = run_config(recipe, lr=lr or float(trial.params["lr"]), warmup_steps=warmup, steps=steps,
                         seed=int(trial.user_attrs.get("seed", recipe.train.seed)), n_embd=n_embd)
     swept = study.user_attrs.get("model")  # --- μP --- the model as the study trained it (transfer widens it)
@@ -133,7 +161,7 @@ def make_plan(
     suffix = ("" if max_steps is None else f"-{steps}steps") + ("" if lr is None else f"-lr{lr:.3g}")
     suffix += "" if n_embd is None else f"-w{n_embd}"
     run_dir = runs.study(study.study_name) / f"promote-{trial.number}{suffix}"
-    return PromotePlan(study=study, trial=trial, config=config, run_dir=run_dir, lr_reason=lr_reason)
+    return PromotePlan(study=study, trial=trial, config=config, run_dir=run_dir, lr_reason=lr_reason, notes=notes)
 
 
 def run_promote(
@@ -160,9 +188,10 @@ def _run_promote(
             )
         return 0
     log = _MetricsLog(plan.run_dir / "metrics.csv") if is_main else None
-    key = f"promote-{plan.trial.number}"
     started = time.perf_counter()
     total = plan.config.schedule.max_steps
+    record: dict = {}  # when the run started and its trial in <study>-promoted, kept in every status update
+    trial, reported = None, set()
 
     def on_step(m: StepMetrics) -> None:
         log.write(m)
@@ -173,21 +202,37 @@ def _run_promote(
                 highlight=False,
             )
         if m.val_loss is not None:
-            plan.study.set_user_attr(key, _status(plan, log, status="running", steps_done=m.step + 1))
+            trial.report(m.val_loss, m.step)
+            reported.add(m.step)
+            plan.study.set_user_attr(plan.key, _status(plan, log, status="running", steps_done=m.step + 1) | record)
 
     if is_main:
         console.print(plan.describe(), highlight=False)
-        plan.study.set_user_attr(key, _status(plan, log, status="running", steps_done=0))
-    result = train(plan.config, out_dir=plan.run_dir, callback=on_step)
+        previous = plan.study.user_attrs.get(plan.key) or {}
+        resumed = bool(log.rows) and "started_at" in previous  # the run began in an earlier process
+        trial = _start_promoted_trial(plan, storage, stale=previous.get("promoted_trial"))
+        record = {
+            "started_at": previous["started_at"] if resumed else datetime.now().isoformat(timespec="seconds"),
+            "promoted_trial": trial.number,
+        }
+        plan.study.set_user_attr(plan.key, _status(plan, log, status="running", steps_done=0) | record)
+    try:
+        result = train(plan.config, out_dir=plan.run_dir, callback=on_step)
+    except BaseException:
+        if trial is not None:
+            trial.study.tell(trial, state=TrialState.FAIL)  # the next run of the command resumes in a new trial
+        raise
     if not is_main:
         return 0
     wall = time.perf_counter() - started
-    status = _status(plan, log, status=result.status, steps_done=result.steps_done)
+    status = _status(plan, log, status=result.status, steps_done=result.steps_done) | record
     status |= {"wall_s": round(wall, 1), "tokens_per_s": round(result.tokens_per_s, 1)}
-    plan.study.set_user_attr(key, status)
+    plan.study.set_user_attr(plan.key, status)
     _write_study_note(plan.study)
-    if result.status == "completed":
-        _record_promoted_trial(plan, log, status, storage, artifact_store)
+    for step, value in log.val_curve():  # a resumed run's trial also gets the val losses of the steps before it
+        if step not in reported:
+            trial.report(value, step)
+    _finish_promoted_trial(trial, plan, log, status, artifact_store, completed=result.status == "completed")
     console.print(
         f"{result.status}: {result.steps_done} steps, final val loss {_fmt(result.final_val_loss)}, best "
         f"{_fmt(result.best_val_loss)}, {result.tokens_per_s:,.0f} tokens/s, {wall:.0f}s; run folder {plan.run_dir}",
@@ -249,16 +294,18 @@ def _status(plan: PromotePlan, log: _MetricsLog, *, status: str, steps_done: int
     }
 
 
-def _record_promoted_trial(
-    plan: PromotePlan, log: _MetricsLog, status: dict, storage: optuna.storages.BaseStorage, store: FileSystemArtifactStore
-) -> None:
-    """A COMPLETE trial in <study>-promoted whose intermediate values are the full run's val-loss curve."""
+def _start_promoted_trial(plan: PromotePlan, storage: optuna.storages.BaseStorage, *, stale: int | None) -> optuna.Trial:
+    """The run's trial in <study>-promoted, asked now so that its start is the run's; a trial an interrupted earlier
+    process of this run left RUNNING is failed first."""
     promoted = optuna.create_study(
         study_name=promoted_study(plan.study.study_name),
         storage=storage,
         direction="minimize",
         load_if_exists=True,
     )
+    name_metric(promoted)
+    if stale is not None and any(t.number == stale for t in promoted.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+        promoted.tell(stale, state=TrialState.FAIL)
     lr = plan.config.schedule.max_lr  # the trial's, or the one extrapolated by `sweep horizon`
     source = plan.trial.distributions["lr"]
     distributions = plan.trial.distributions | {
@@ -266,27 +313,42 @@ def _record_promoted_trial(
     }
     promoted.enqueue_trial(plan.trial.params | {"lr": lr})
     trial = promoted.ask(fixed_distributions=distributions)
-    for step, value in log.val_curve():
-        trial.report(value, step)
+    trial.set_user_attr("source_study", plan.study.study_name)
+    trial.set_user_attr("run", plan.key)
+    if stale is not None:
+        trial.set_user_attr("resumes_trial", stale)
+    return trial
+
+
+def _finish_promoted_trial(
+    trial: optuna.Trial, plan: PromotePlan, log: _MetricsLog, status: dict, store: FileSystemArtifactStore, *,
+    completed: bool,
+) -> None:
+    """COMPLETE with the final val loss when the run finished, FAIL otherwise; its note and metrics.csv either way."""
     for key, value in status.items():
         trial.set_user_attr(key, value)
-    trial.set_user_attr("source_study", plan.study.study_name)
     if commit := git_commit():
         trial.set_user_attr("git_commit", commit)
     optuna_dashboard.save_note(trial, _promoted_note(status))
     upload_artifact(artifact_store=store, file_path=str(log.path), study_or_trial=trial)
-    promoted.tell(trial, status["final_val_loss"])
+    if completed:
+        trial.study.tell(trial, status["final_val_loss"])
+    else:
+        trial.study.tell(trial, state=TrialState.FAIL)
 
 
 def _write_study_note(study: optuna.Study) -> None:
+    """The study's note: its recipe, then one row per promoted run."""
     runs = {k: v for k, v in study.user_attrs.items() if k.startswith("promote-")}
-    lines = ["## Promoted runs", "", "| trial | lr | warmup | steps | status | final val | best val |", "|---|---|---|---|---|---|---|"]
-    for v in runs.values():
+    lines = ["## Promoted runs", "", "| run | trial | lr | warmup | steps | status | final val | best val |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, v in runs.items():
         lines.append(
-            f"| {v['trial']} | {v['lr']:.3g} | {v['warmup']} | {v['steps_done']}/{v['max_steps']} | {v['status']} "
+            f"| {key} | {v['trial']} | {v['lr']:.3g} | {v['warmup']} | {v['steps_done']}/{v['max_steps']} | {v['status']} "
             f"| {_fmt(v['final_val_loss'])} | {_fmt(v['best_val_loss'])} |"
         )
-    optuna_dashboard.save_note(study, "\n".join(lines))
+    recipe = [recipe_note(study.user_attrs["recipe"]), ""] if "recipe" in study.user_attrs else []
+    optuna_dashboard.save_note(study, "\n".join([*recipe, *lines]))
 
 
 def _promoted_note(status: dict) -> str:

@@ -242,3 +242,8 @@ def _positive(value: Any, key: str) -> float:
 def _shipped() -> str:
     folder = Path(__file__).resolve().parent.parent / "studies"
     return ", ".join(sorted(p.name for p in folder.glob("*.yaml"))) or "none found"
+
+
+def recipe_note(text: str) -> str:
+    """The recipe as a study's note shows it: a YAML block that reads as the file does (a user attr shows one line)."""
+    return f"## Recipe\n\n```yaml\n{text.rstrip()}\n```"

@@ -58,14 +58,15 @@ def best_summary(study: optuna.Study) -> str | None:
 
 def promoted_table(study: optuna.Study) -> Table | None:
     """The full runs promoted from this study's trials (the study's promote-<trial> user attrs)."""
-    runs = [v for k, v in sorted(study.user_attrs.items()) if k.startswith("promote-")]
+    runs = [(k, v) for k, v in sorted(study.user_attrs.items()) if k.startswith("promote-")]
     if not runs:
         return None
     table = Table(title="promoted runs", header_style="bold")
-    for name in ("trial", "peak lr", "warmup", "steps", "final val", "best val", "status", "run folder"):
-        table.add_column(name, justify="left" if name in ("status", "run folder") else "right")
-    for r in runs:
+    for name in ("run", "trial", "peak lr", "warmup", "steps", "final val", "best val", "status", "run folder"):
+        table.add_column(name, justify="left" if name in ("run", "status", "run folder") else "right")
+    for key, r in runs:
         table.add_row(
+            key,
             str(r["trial"]),
             f"{r['lr']:.3g}",
             str(r["warmup"]),

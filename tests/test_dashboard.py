@@ -95,6 +95,14 @@ def test_studies_lists_the_sweep_and_the_promoted_study(dashboard):
     assert set(_study_ids(dashboard)) == {STUDY, f"{STUDY}-promoted"}
 
 
+def test_the_objective_is_named_val_loss_and_the_recipe_reads_as_yaml(dashboard, folder):
+    for name in (STUDY, f"{STUDY}-promoted"):
+        assert _detail(dashboard, name)["objective_names"] == ["val_loss"], name
+    note = optuna_dashboard.get_note(load(folder))
+    recipe = (folder / "tiny.yaml").read_text().rstrip()
+    assert f"## Recipe\n\n```yaml\n{recipe}\n```" in note and "## Promoted runs" in note
+
+
 def test_every_sweep_trial_shows_state_params_loss_curve_and_note(dashboard):
     trials = _detail(dashboard, STUDY)["trials"]
     assert [t["state"] for t in trials] == ["Complete", "Pruned", "Complete"]

@@ -163,6 +163,10 @@ def test_promote_records_a_complete_trial_in_the_promoted_study(promoted):
     assert trial.value == curve[max(curve)]
     assert trial.user_attrs["source_study"] == STUDY
     assert trial.user_attrs["steps_done"] == MAX_STEPS
+    # Asked when the run started and told when it ended: the dashboard's duration is the run's.
+    duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    assert duration >= 0.5 * trial.user_attrs["wall_s"] > 0
+    assert promoted_study.metric_names == ["val_loss"]
     assert f"full run of trial {best.number}" in optuna_dashboard.get_note(
         optuna.trial.Trial(promoted_study, trial_id(storage, promoted_study, trial.number))
     )
@@ -198,7 +202,32 @@ def test_max_steps_shortens_the_run_into_its_own_folder(sweep_copy, capsys):
     assert len(rows) == 12 and (run_dir / "DONE").is_file()
     assert [float(r["lr"]) for r in rows] == _schedule(best, 12)  # the cosine's horizon follows
     assert not (sweep_copy / "runs" / STUDY / f"promote-{best.number}").exists()
-    assert load(sweep_copy).user_attrs[f"promote-{best.number}"]["max_steps"] == 12
+    assert load(sweep_copy).user_attrs[f"promote-{best.number}-12steps"]["max_steps"] == 12
+
+
+def test_promoting_a_trial_twice_with_other_max_steps_keeps_both_runs(sweep_copy, capsys):
+    best = _best(sweep_copy)
+    assert main(promote_args(str(best.number), "--max-steps", "12")) == 0
+    assert main(promote_args(str(best.number), "--max-steps", "14")) == 0
+    attrs = load(sweep_copy).user_attrs
+    assert attrs[f"promote-{best.number}-12steps"]["max_steps"] == 12
+    assert attrs[f"promote-{best.number}-14steps"]["max_steps"] == 14
+    capsys.readouterr()
+    assert main(["status", "--study-name", STUDY]) == 0
+    out = capsys.readouterr().out
+    assert f"promote-{best.number}-12steps" in out and f"promote-{best.number}-14steps" in out
+    promoted = load(sweep_copy, f"{STUDY}-promoted").trials
+    assert [t.user_attrs["run"] for t in promoted] == [f"promote-{best.number}-12steps", f"promote-{best.number}-14steps"]
+
+
+def test_a_max_steps_shorter_than_the_warmup_says_the_warmup_shrinks(sweep_copy, capsys):
+    study = load(sweep_copy)
+    trial = next(t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.params["warmup"] == 2)
+    assert main(promote_args(str(trial.number), "--max-steps", "1", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "warmup shrinks from the trial's 2 steps to 1: the run has only 1 steps\n" in out
+    assert main(promote_args(str(trial.number), "--max-steps", "5", "--dry-run")) == 0
+    assert "shrinks" not in capsys.readouterr().out
 
 
 def test_dry_run_prints_the_plan_and_creates_nothing(sweep_copy, capsys):
@@ -210,6 +239,11 @@ def test_dry_run_prints_the_plan_and_creates_nothing(sweep_copy, capsys):
     assert f"warmup {best.params['warmup']} steps" in out
     assert f"{MAX_STEPS:,} steps x {TOKENS_PER_STEP:,} tokens = {MAX_STEPS * TOKENS_PER_STEP:,} tokens" in out
     assert f"runs/{STUDY}/promote-{best.number}" in out
+    # The time is estimated at the fastest speed any trial of the study measured, and says so.
+    fastest = max(study_trials := load(sweep_copy).trials, key=lambda t: t.user_attrs.get("tokens_per_s", 0))
+    assert f"at {fastest.user_attrs['tokens_per_s']:,.0f} tokens/s (the fastest measured in this study, trial " \
+           f"{fastest.number}; slower on a busy machine)" in out
+    assert len(study_trials) == 3
     assert not _promote_folders(sweep_copy)
     study = load(sweep_copy)
     assert not [k for k in study.user_attrs if k.startswith("promote-")]
@@ -258,8 +292,12 @@ def test_killed_promote_resumes_to_the_uninterrupted_losses_bitwise(swept, tmp_p
         assert [r[column] for r in rows] == [r[column] for r in expected], column
     # The steps before the checkpoint were not run again: their rows (timings included) are the killed run's.
     assert rows[:resumed_from] == before_kill[:resumed_from]
-    assert load(killed).user_attrs[f"promote-{number}"]["status"] == "completed"
-    (trial,) = load(killed, f"{STUDY}-promoted").trials
+    record = load(killed).user_attrs[f"promote-{number}-{steps}steps"]
+    assert record["status"] == "completed"
+    interrupted, trial = load(killed, f"{STUDY}-promoted").trials  # the killed process's trial, failed on resume
+    assert (interrupted.state, trial.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert trial.user_attrs["resumes_trial"] == interrupted.number
+    assert trial.user_attrs["started_at"] == record["started_at"] <= trial.datetime_start.isoformat()
     assert trial.intermediate_values == {int(r["step"]): float(r["val_loss"]) for r in expected if r["val_loss"]}
 
 
