@@ -40,8 +40,11 @@ class Sampling:
 
 
 def promoted_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Path:
-    """The folder of the trial's promoted run (the last `promote` of it), from the study's user attr."""
-    status = study.user_attrs.get(f"promote-{trial.number}")
+    """The folder of the trial's promoted run (the last `promote` of it to start), from the study's user attrs: one per
+    run, `promote-<trial>` with a suffix for another --max-steps or LR."""
+    runs = [v for k, v in study.user_attrs.items()
+            if k.startswith("promote-") and isinstance(v, dict) and v.get("trial") == trial.number]
+    status = max(runs, key=lambda v: v.get("started_at", ""), default=None)
     if status is None:
         raise InputError(f"trial {trial.number} of study {study.study_name} has not been promoted: run "
                          f"`python -m sweep promote {trial.number}` first, or give a run folder")
