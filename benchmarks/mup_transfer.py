@@ -69,9 +69,13 @@ def main() -> int:
     parser.add_argument("--batch-tokens", type=int, help="tokens per step (default: the recipe's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--parametrizations", default="mup,sp")
+    parser.add_argument("--base-width", type=int, help="μP's base width (default: the recipe's)")
     parser.add_argument("--out", type=Path, default=Path("runs/mup-transfer"))
     args = parser.parse_args()
     recipe = load_recipe(STUDIES / f"{args.study}.yaml" if not args.study.endswith(".yaml") else args.study)
+    if args.base_width is not None:  # where μP equals SP: the proxy's width, or e.g. the target's
+        model = dataclasses.replace(recipe.train.model, mup_base_width=args.base_width)
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, model=model))
     widths = [int(w) for w in args.widths.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)

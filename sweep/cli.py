@@ -11,6 +11,7 @@ one line; --debug shows the traceback instead.
 
 import argparse
 import dataclasses
+import json
 import math
 import signal
 import sys
@@ -632,8 +633,9 @@ def cmd_coord_check(args, console: Console) -> int:
     )
     plot = save_coord_plot(check, args.out or args.runs.coord_check_plot(recipe.name),
                            title=f"{recipe.name}: mean |activation| vs width, lr {recipe.train.schedule.max_lr:g}")
+    plot.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(check)))
     console.print(coord_table(check))
-    console.print(f"plot: {plot}", highlight=False)
+    console.print(f"plot: {plot}; the scales: {plot.with_suffix('.json')}", highlight=False)
     return 0
 
 

@@ -41,6 +41,11 @@ class CoordCheck:
         runs = self.scales[parametrization]
         return runs[self.widths[-1]][activation][step] / runs[self.widths[0]][activation][step]
 
+    def spread(self, parametrization: str, activation: str, *, step: int = -1) -> float:
+        """The activation's largest scale over its smallest, across all widths, at `step` (default the last)."""
+        values = [self.scales[parametrization][w][activation][step] for w in self.widths]
+        return max(values) / min(values)
+
 
 def run_coord_check(train_config: TrainConfig, *, widths: list[int], steps: int, on_run=None) -> CoordCheck:
     """Train `steps` steps at every width under SP and μP; `on_run(parametrization, width)` is told before each."""
@@ -127,11 +132,14 @@ def coord_table(check: CoordCheck) -> Table:
     narrow, wide = check.widths[0], check.widths[-1]
     table = Table(title=f"mean |activation| at step {check.steps}, width {wide} over width {narrow}", header_style="bold")
     table.add_column("activation")
-    for name in ("SP", "", "μP", ""):
+    for name in ("SP", "max/min", "", "μP", "max/min", ""):
         table.add_column(name, justify="right")
     for activation in check.activations:
-        sp, mup = check.growth("sp", activation), check.growth("mup", activation)
-        table.add_row(activation, f"x{sp:.2f}", verdict(sp), f"x{mup:.2f}", verdict(mup))
+        row = [activation]
+        for parametrization in PARAMETRIZATIONS:
+            growth = check.growth(parametrization, activation)
+            row += [f"x{growth:.2f}", f"{check.spread(parametrization, activation):.2f}", verdict(growth)]
+        table.add_row(*row)
     return table
 
 

@@ -1,6 +1,8 @@
 """--- μP --- `python -m sweep coord-check` on a tiny real-text model: the logits and block outputs keep their scale
 across a 16x wider model under μP and grow under SP; the command writes its plot and table; bad widths exit 2."""
 
+import json
+
 import pytest
 
 from sweep.cli import main
@@ -21,6 +23,7 @@ def test_logits_and_block_outputs_are_flat_in_width_under_mup_and_grow_under_sp(
     assert check.activations == ["embedding", "attn.0", "mlp.0", "attn.1", "mlp.1", "logits"]
     for activation in check.activations:
         assert 1 / FLAT < check.growth("mup", activation) < FLAT, activation
+        assert check.spread("mup", activation) < FLAT, activation  # at every width, not only the two ends
     assert check.growth("sp", "logits") >= FLAT
     for block_output in ("attn.0", "mlp.0", "attn.1", "mlp.1"):
         assert check.growth("sp", block_output) >= FLAT, block_output
@@ -34,6 +37,8 @@ def test_coord_check_command_writes_the_plot_and_says_what_grows(two_layer_study
     logits = next(line for line in out.splitlines() if "logits" in line)
     assert "grows" in logits and "flat" in logits  # SP's column, then μP's
     assert (tmp_path / "cc.png").stat().st_size > 10_000
+    scales = json.loads((tmp_path / "cc.json").read_text())["scales"]
+    assert len(scales["mup"]["128"]["logits"]) == 3
 
 
 @pytest.mark.parametrize("widths, named", [("16,33", "--widths 33 must be a multiple of model.n_head=2"),

@@ -3,6 +3,7 @@ Adam LRs of nanoGPT-mup's table at other widths, and the refusals (bad widths, a
 parametrization)."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,3 +164,18 @@ def test_resume_under_another_base_width_is_refused(make_config, tmp_path):
     other = make_config(model=_mup(mup_base_width=16), schedule={"max_steps": 8}, checkpoint={"interval": 2})
     with pytest.raises(InputError, match="base width 32, but this run is μP with base width 16"):
         train(other, out_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name, target", [("mup-proxy", 256), ("gpt2-124m-mup", 768)])
+def test_shipped_mup_studies_are_proxies_of_their_target(name, target):
+    from sweep.components import lr_grid
+    from sweep.recipe import load_recipe
+    from sweep.width import at_width
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "studies" / f"{name}.yaml")
+    proxy = recipe.train.model
+    assert proxy.parametrization == "mup" and proxy.mup_base_width == proxy.n_embd  # μP equals SP at the proxy
+    assert at_width(recipe.train, n_embd=target).model.width_multiplier == target / proxy.n_embd
+    search = recipe.search
+    grid = lr_grid(lr_min=search.lr_min, lr_max=search.lr_max, points=7, anchor_lr=search.anchor_lr)
+    assert grid == [search.lr_min * 2**k for k in range(7)]  # 7 LRs x2 apart, the anchor among them
