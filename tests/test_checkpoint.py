@@ -39,10 +39,27 @@ def test_keep_last_prunes_to_the_newest_k(tmp_path):
     assert manager.load_latest()["step"] == 6
 
 
-@pytest.mark.parametrize("keep_last", [0, 1])
-def test_keep_last_below_two_is_refused(tmp_path, keep_last):
-    with pytest.raises(ValueError, match="keep_last must be >= 2"):
-        CheckpointManager(tmp_path, keep_last=keep_last)
+def test_keep_last_below_one_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="keep_last must be >= 1"):
+        CheckpointManager(tmp_path, keep_last=0)
+
+
+def test_by_default_only_the_newest_step_checkpoint_and_the_best_are_kept(tmp_path):
+    """What resume needs: a 300-step run used to keep three 41 MB checkpoints of the default study."""
+    manager = CheckpointManager(tmp_path)
+    for step in (100, 200, 300):
+        manager.save(_state(step), step=step)
+    manager.save_best(_state(200))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "step-00000300.pt"]
+
+
+def test_a_newest_checkpoint_that_does_not_load_falls_back_to_the_best(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    manager.save_best(_state(200))
+    manager.save(_state(300), step=300)
+    (tmp_path / "step-00000300.pt").write_bytes(b"torn by a disk fault")
+    with pytest.warns(UserWarning, match="step-00000300.pt is unreadable"):
+        assert manager.load_latest()["step"] == 200
 
 
 def test_load_latest_is_none_without_checkpoints(tmp_path):

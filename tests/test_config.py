@@ -69,6 +69,6 @@ def test_data_with_both_corpus_and_files_is_refused(make_config):
         make_config(data={"corpus": "python-stdlib"})
 
 
-def test_keep_last_below_two_is_refused(make_config):
-    with pytest.raises(InputError, match="checkpoint.keep_last must be >= 2"):
-        make_config(checkpoint={"keep_last": 1})
+def test_keep_last_below_one_is_refused(make_config):
+    with pytest.raises(InputError, match="checkpoint.keep_last must be >= 1"):
+        make_config(checkpoint={"keep_last": 0})

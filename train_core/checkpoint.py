@@ -29,9 +29,11 @@ REQUIRED_KEYS = ("model", "optimizer", "config", "step")
 class CheckpointManager:
     """Saves and loads training state dicts in `folder`."""
 
-    def __init__(self, folder: Path, *, keep_last: int = 2):
-        if keep_last < 2:
-            raise ValueError(f"keep_last must be >= 2 so that a torn latest file leaves a good one, got {keep_last}")
+    def __init__(self, folder: Path, *, keep_last: int = 1):
+        # One is enough to resume: saves are atomic (a reader sees a whole file or none), and a newest file that
+        # does not load (a disk fault) falls back to best.pt.
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         self.folder = Path(folder)
         self.keep_last = keep_last
 
@@ -79,8 +81,10 @@ class CheckpointManager:
         return sorted(p for p in self.folder.iterdir() if STEP_FILE.match(p.name))
 
     def load_latest(self, *, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-        """The newest step checkpoint that loads; None when there is none."""
-        for path in reversed(self.step_files()):
+        """The newest step checkpoint that loads, else best.pt when it loads; None when there is none."""
+        for path in [*reversed(self.step_files()), self.folder / BEST_FILE]:
+            if not path.exists():
+                continue
             try:
                 state = torch.load(path, map_location=map_location, weights_only=True)
                 missing = [k for k in REQUIRED_KEYS if k not in state]

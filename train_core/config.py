@@ -134,11 +134,11 @@ class EvalConfig:
 @dataclass(kw_only=True)
 class CheckpointConfig:
     interval: int = 200  # save every this many steps (and at the end, and on each new best val loss)
-    keep_last: int = 2  # step checkpoints kept; at least 2, so a torn latest one still leaves a good one
+    keep_last: int = 1  # step checkpoints kept besides best.pt: what resume needs (train_core/checkpoint.py); more on request
 
     def __post_init__(self):
         _check(self.interval >= 1, "checkpoint.interval", self.interval, "a positive integer")
-        _check(self.keep_last >= 2, "checkpoint.keep_last", self.keep_last, ">= 2")
+        _check(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, ">= 1")
 
 
 @dataclass(kw_only=True)
