@@ -16,17 +16,17 @@ import math
 import signal
 import sys
 from pathlib import Path
-
-import optuna
-import torch
-from optuna.trial import TrialState
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from sweep.runs import DEFAULT_RUNS_DIR, Runs, horizon_study, sweep_study
 from sweep.stability import GUARD_RULES
 from sweep.width import width_list
 from train_core.errors import InputError
-from train_core.trainer import open_data
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# `python -m sweep --help` imports neither torch nor Optuna (seconds): each command imports what it uses.
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
@@ -90,6 +90,40 @@ def _add_place_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="Optuna storage URL or journal file (default sqlite:///<runs-dir>/sweep.db)")
 
 
+def _add_range_flags(parser: argparse.ArgumentParser, *, prefix: str) -> None:
+    """The LR range test's flags: `range` takes them as --steps/--lr-start/--lr-end, `lr --lr-range auto` with
+    --range- in front."""
+    parser.add_argument(f"{prefix}steps", dest="range_steps", type=_positive_int, default=100,
+                        help="steps of the LR range test's ramp (default 100)")
+    parser.add_argument(f"{prefix}lr-start", dest="range_lr_start", type=_positive_float, default=1e-6,
+                        help="first LR of the range test (default 1e-6)")
+    parser.add_argument(f"{prefix}lr-end", dest="range_lr_end", type=_positive_float, default=1.0,
+                        help="last LR of the range test (default 1)")
+
+
+def _range_test(args, recipe):
+    """Run the LR range test the flags describe; its plot goes to the runs folder and onto its trial."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from sweep.storage import open_storage
+    from sweep.trust import run_range_test
+
+    artifacts = args.runs.artifacts(args.storage)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    plot = args.runs.range_plot(recipe.name)
+    result, curve = run_range_test(
+        recipe, steps=args.range_steps, lr_start=args.range_lr_start, lr_end=args.range_lr_end,
+        storage=open_storage(args.storage), plot=plot, artifact_store=FileSystemArtifactStore(artifacts),
+    )
+    return result, curve, plot
+
+
+def _check_range_flags(args, *, prefix: str) -> None:
+    if args.range_lr_start >= args.range_lr_end:
+        raise InputError(f"{prefix}lr-start must be below {prefix}lr-end, got {args.range_lr_start:g} >= "
+                         f"{args.range_lr_end:g}")
+
+
 def _add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
     from sweep.components import PRUNERS, SAMPLERS
 
@@ -104,8 +138,11 @@ def _add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
                         help="stability rules that stop a trial: all (default), or nonfinite only, which keeps "
                         "every curve complete for `sweep audit`")
     parser.add_argument("--grid-points", type=_positive_int, default=5, help="LR points of the grid sampler (default 5)")
-    parser.add_argument("--lr-min", type=_positive_float, help="lowest peak LR (default: the study's, anchor/4)")
-    parser.add_argument("--lr-max", type=_positive_float, help="highest peak LR (default: the study's, anchor*4)")
+    parser.add_argument("--lr-min", type=_positive_float,
+                        help="lowest peak LR (default: the recipe's search.lr_min; anchor/4 when it names none)")
+    parser.add_argument("--lr-max", type=_positive_float,
+                        help="highest peak LR (default: the recipe's search.lr_max, anchor*16 in the default study; "
+                        "anchor*4 when it names none)")
     parser.add_argument("--warmup", type=_warmup_list, help="warmup choices: steps (0,50,100) or fractions (0,0.05,0.1)")
     parser.add_argument("--schedule", choices=("cosine", "constant", "wsd"), default="cosine",
                         help="cosine: each trial decays to lr/10 at its last step (default); constant: warmup then flat; "
@@ -124,37 +161,85 @@ def _add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
 
 
+# What each command does, for its --help (the one-line `help` is what `python -m sweep --help` lists).
+_DESCRIPTIONS = {
+    "lr": (
+        "Sweep the peak LR and warmup of a recipe with short trials (an Optuna study), pruning unstable and "
+        "losing trials; the same command continues the study until it holds --trials finished trials."
+    ),
+    "horizon": (
+        "Sweep the same LR grid at several trial lengths, find the best LR at each, fit best lr ∝ tokens^b "
+        "and extrapolate it to the full run (stored in <recipe>-horizon for `promote --lr-from horizon`)."
+    ),
+    "transfer": (
+        "μP: sweep the same LR grid at several widths, one study per width, and say whether the best LR holds "
+        "across widths (stored in <recipe>-transfer-<parametrization>)."
+    ),
+    "range": (
+        "LR range test (Smith's LR finder): one run whose LR grows geometrically from --lr-start to --lr-end, "
+        "stopped once the loss blows up; suggests sweep bounds."
+    ),
+    "confirm": (
+        "Re-run the best settings of a sweep, and its anchor, with more seeds (paired: the same seeds for "
+        "every setting) and say which differences stand out of the seed noise."
+    ),
+    "train": (
+        "One training run of a recipe, with checkpoints; running it again resumes from the folder's newest "
+        "good checkpoint."
+    ),
+    "promote": (
+        "Run a sweep trial's peak LR, warmup and schedule shape to the recipe's max_steps (or --max-steps), "
+        "checkpointed and resumable, and write the result back to the study."
+    ),
+    "coord-check": (
+        "μP's coordinate check: mean |activation| per block vs width over the first steps, under SP and μP "
+        "(flat under μP)."
+    ),
+    "sample": "Text written by a trained run from its newest checkpoint (the promoted best trial by default).",
+    "status": "List the studies in a storage, or show one study's trials and promoted runs.",
+    "audit": (
+        "Replay every pruner and the stability guard over a study run with --pruner none --guard nonfinite: "
+        "what each would have saved, and whether it would have stopped the best trial."
+    ),
+    "repair-journal": "Cut a journal file storage's torn or garbage tail off, keeping a backup of the original.",
+    "prepare": (
+        "Tokenize text files or folders with GPT-2's BPE into nanoGPT train.bin / val.bin, splitting "
+        "documents by a hash of their path."
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sweep", description="Find the peak LR and warmup for a GPT, then run the winner.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    lr = commands.add_parser("lr", help="sweep peak LR x warmup with short trials")
+    lr = commands.add_parser("lr", help="sweep peak LR x warmup with short trials", description=_DESCRIPTIONS["lr"])
     lr.add_argument("--steps", type=_positive_int, default=300, help="optimizer steps per trial (default 300)")
     lr.add_argument("--lr-range", choices=("study", "auto"), default="study",
-                    help="LR bounds from the study (default) or from an LR range test run first (auto)")
+                    help="LR bounds from the study (default) or from an LR range test run first (auto; a study that "
+                    "exists continues between the bounds it was given)")
+    _add_range_flags(lr, prefix="--range-")
     _add_sweep_flags(lr, sampler="tpe")
     lr.add_argument("--study-name", help="default: <study>-<steps>")
-    hz = commands.add_parser("horizon", help="sweep at several horizons and extrapolate the best LR to max_steps")
+    hz = commands.add_parser("horizon", help="sweep at several horizons and extrapolate the best LR to max_steps", description=_DESCRIPTIONS["horizon"])
     hz.add_argument("--steps", type=_steps_list, required=True, help="trial lengths, e.g. 100,300,1000")
     hz.add_argument("--max-steps", type=_positive_int, help="extrapolate to this run length (default: the recipe's max_steps)")
     _add_sweep_flags(hz, sampler="grid")  # the same LRs at every horizon, each curve's bottom between neighbours
 
-    tf = commands.add_parser("transfer", help="μP: sweep the same LR grid at several widths; does the best LR hold?")
+    tf = commands.add_parser("transfer", help="μP: sweep the same LR grid at several widths; does the best LR hold?", description=_DESCRIPTIONS["transfer"])
     tf.add_argument("--widths", type=width_list, required=True, help="model widths (n_embd), e.g. 64,128,256")
     tf.add_argument("--steps", type=_positive_int, default=300, help="optimizer steps per trial, every width (default 300)")
     tf.add_argument("--parametrization", choices=("mup", "sp"), help="default: the recipe's model.parametrization")
     _add_sweep_flags(tf, sampler="grid")
     tf.set_defaults(pruner="none")  # every width's whole loss-vs-LR curve is the evidence
 
-    rg = commands.add_parser("range", help="LR range test: one run with an exponentially growing LR")
+    rg = commands.add_parser("range", help="LR range test: one run with an exponentially growing LR", description=_DESCRIPTIONS["range"])
     rg.add_argument("--study", default="default", help="study file, or a name from studies/")
-    rg.add_argument("--steps", type=_positive_int, default=100, help="steps of the ramp (default 100)")
-    rg.add_argument("--lr-start", type=_positive_float, default=1e-6, help="first LR (default 1e-6)")
-    rg.add_argument("--lr-end", type=_positive_float, default=1.0, help="last LR (default 1)")
+    _add_range_flags(rg, prefix="--")
     _add_place_flags(rg)
 
-    cf = commands.add_parser("confirm", help="re-run the best settings with more seeds: the noise band")
+    cf = commands.add_parser("confirm", help="re-run the best settings with more seeds: the noise band", description=_DESCRIPTIONS["confirm"])
     cf.add_argument("--study", default="default", help="study file, or a name from studies/")
     cf.add_argument("--steps", type=_positive_int, default=300, help="the sweep's steps per trial, for the default study name")
     _add_place_flags(cf)
@@ -162,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--top", type=_positive_int, default=3, help="settings to re-run, best first (default 3), plus the anchor")
     cf.add_argument("--seeds", type=_positive_int, default=3, help="seeds per setting, the sweep's own included (default 3)")
 
-    tr = commands.add_parser("train", help="one training run with checkpoints; resumes from its folder")
+    tr = commands.add_parser("train", help="one training run with checkpoints; resumes from its folder", description=_DESCRIPTIONS["train"])
     tr.add_argument("--study", default="default", help="study file, or a name from studies/")
     tr.add_argument("--lr", type=_positive_float, help="peak LR (default: the recipe's)")
     tr.add_argument("--warmup", type=int, help="warmup steps (default: the recipe's)")
@@ -170,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, help="run folder (default <runs-dir>/<study>/train)")
     tr.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=f"default {DEFAULT_RUNS_DIR}/")
 
-    pr = commands.add_parser("promote", help="run a sweep trial's LR and warmup to the recipe's max_steps")
+    pr = commands.add_parser("promote", help="run a sweep trial's LR and warmup to the recipe's max_steps", description=_DESCRIPTIONS["promote"])
     pr.add_argument("trial", help="'best' or a trial number")
     pr.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
     pr.add_argument("--steps", type=_positive_int, default=300, help="the sweep's steps per trial, for the default study name")
@@ -184,14 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--lr-from", choices=("trial", "horizon"), default="trial",
                     help="peak LR of the trial (default) or extrapolated to max_steps by `sweep horizon`")
 
-    cc = commands.add_parser("coord-check", help="μP's coordinate check: activation scales vs width under SP and μP")
+    cc = commands.add_parser("coord-check", help="μP's coordinate check: activation scales vs width under SP and μP", description=_DESCRIPTIONS["coord-check"])
     cc.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
     cc.add_argument("--widths", type=width_list, default=[64, 128, 256, 512], help="widths to train (default 64,128,256,512)")
     cc.add_argument("--steps", type=_positive_int, default=10, help="steps at the recipe's peak LR (default 10)")
     cc.add_argument("--out", type=Path, help="plot file (default <runs-dir>/<study>-coord-check.png)")
     cc.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help=f"default {DEFAULT_RUNS_DIR}/")
 
-    sa = commands.add_parser("sample", help="text written by a trained run (the promoted best trial by default)")
+    sa = commands.add_parser("sample", help="text written by a trained run (the promoted best trial by default)", description=_DESCRIPTIONS["sample"])
     sa.add_argument("run", nargs="?", default="best",
                     help="a run folder, or 'best': the promoted run of the study's best trial (default)")
     sa.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
@@ -206,11 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=1337, help="the same seed writes the same text (default 1337)")
     sa.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
 
-    st = commands.add_parser("status", help="studies in a storage, or one study's trials and promoted runs")
+    st = commands.add_parser("status", help="studies in a storage, or one study's trials and promoted runs", description=_DESCRIPTIONS["status"])
     _add_place_flags(st)
     st.add_argument("--study-name", help="show this study's trials")
 
-    au = commands.add_parser("audit", help="replay every pruner over a study run with --pruner none --guard nonfinite")
+    au = commands.add_parser("audit", help="replay every pruner over a study run with --pruner none --guard nonfinite", description=_DESCRIPTIONS["audit"])
     au.add_argument("--study-name", required=True, help="the audited study")
     _add_place_flags(au)
     au.add_argument("--orders", type=_positive_int, default=20, help="random trial orders replayed (default 20)")
@@ -219,10 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seed-noise band in val loss: trials this close to the best count as the best (default 0.05)")
     au.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
 
-    rj = commands.add_parser("repair-journal", help="cut a journal file's torn or garbage tail off, keeping a backup")
+    rj = commands.add_parser("repair-journal", help="cut a journal file's torn or garbage tail off, keeping a backup", description=_DESCRIPTIONS["repair-journal"])
     rj.add_argument("file", type=Path, help="the journal file (the --storage path)")
 
-    prep = commands.add_parser("prepare", help="tokenize text files or folders into train.bin / val.bin")
+    prep = commands.add_parser("prepare", help="tokenize text files or folders into train.bin / val.bin", description=_DESCRIPTIONS["prepare"])
     prep.add_argument("sources", nargs="+", type=Path, help="text files or folders")
     prep.add_argument("--out", type=Path, required=True, help="output folder")
     prep.add_argument("--val-fraction", type=float, default=0.05, help="share of documents for validation")
@@ -231,13 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # Logs and CI are not terminals; give their tables room instead of rich's 80-column default.
-    console = Console() if sys.stdout.isatty() else Console(width=160)
     debug = "--debug" in argv
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the view reports trials; Optuna's INFO lines repeat it
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM ends trials as cleanly as Ctrl-C
     try:
         args = build_parser().parse_args(argv)
+        import optuna
+        from rich.console import Console
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the view reports trials; Optuna's INFO lines repeat it
+        # Logs and CI are not terminals; give their tables room instead of rich's 80-column default.
+        console = Console() if sys.stdout.isatty() else Console(width=160)
         args.argv = argv
         if hasattr(args, "runs_dir"):
             args.runs = Runs(args.runs_dir)
@@ -320,7 +408,7 @@ def _study_name(args, recipe, steps: int) -> str:
     return getattr(args, "study_name", None) or sweep_study(recipe.name, steps)
 
 
-def _run_sweep(args, console: Console, plan):
+def _run_sweep(args, console: "Console", plan):
     from sweep.lr import grid_trials, run_sweep, sole_sqlite_writer
     from sweep.view import make_view
     from sweep.workers import Liveness
@@ -346,24 +434,35 @@ def _run_sweep(args, console: Console, plan):
         )
 
 
-def cmd_lr(args, console: Console) -> int:
+def cmd_lr(args, console: "Console") -> int:
+    import torch
+    from train_core.trainer import open_data
     from sweep.recipe import load_recipe
     from sweep.report import print_summary
     from sweep.storage import check_reachable, open_storage, sqlite_path
 
     recipe = load_recipe(resolve_study(args.study))
     plan = _sweep_plan(args, recipe, steps=args.steps)  # checks the flags before the range test spends time
+    _check_range_flags(args, prefix="--range-")
     check_reachable(args.storage)  # before the corpus is tokenized
     open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)  # missing or bad token files: exit 2 now
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.lr_range == "auto":
-        from sweep.trust import run_range_test
+        from sweep.lr import stored_lr_bounds
 
-        result, _ = run_range_test(recipe, steps=100, lr_start=1e-6, lr_end=1.0, storage=open_storage(args.storage))
-        plan = _sweep_plan(args, recipe, steps=args.steps, lr_bounds=result.bounds())
-        console.print(f"lr range test: steepest at {result.steepest_lr:.3g}, diverged at {result.diverged_lr or '-'}; "
-                      f"sweeping {plan.lr_min:.3g} to {plan.lr_max:.3g}", highlight=False)
+        bounds = stored_lr_bounds(storage=open_storage(args.storage), study_name=_study_name(args, recipe, args.steps))
+        if bounds is not None:
+            # Checked before any range test runs: the study keeps the bounds it started with.
+            plan = _sweep_plan(args, recipe, steps=args.steps, lr_bounds=tuple(bounds))
+            console.print(f"lr range: the study exists; it continues between its own bounds {plan.lr_min:.3g} and "
+                          f"{plan.lr_max:.3g} (no new range test)", highlight=False)
+        else:
+            result, _, _ = _range_test(args, recipe)
+            plan = _sweep_plan(args, recipe, steps=args.steps, lr_bounds=result.bounds())
+            diverged = f"{result.diverged_lr:.3g}" if result.diverged_lr is not None else "-"
+            console.print(f"lr range test: steepest at {result.steepest_lr:.3g}, diverged at {diverged}; "
+                          f"sweeping {plan.lr_min:.3g} to {plan.lr_max:.3g}", highlight=False)
     outcome = _run_sweep(args, console, plan)
     print_summary(console, outcome.study)
     if outcome.plot:
@@ -381,7 +480,10 @@ def cmd_lr(args, console: Console) -> int:
     return 1 if outcome.stopped_by_failures or outcome.lost_workers else 0
 
 
-def cmd_horizon(args, console: Console) -> int:
+def cmd_horizon(args, console: "Console") -> int:
+    import optuna
+    import torch
+    from train_core.trainer import open_data
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
     from sweep.recipe import load_recipe
@@ -426,7 +528,9 @@ def cmd_horizon(args, console: Console) -> int:
     return 0
 
 
-def cmd_transfer(args, console: Console) -> int:
+def cmd_transfer(args, console: "Console") -> int:
+    import torch
+    from train_core.trainer import open_data
     from sweep.recipe import load_recipe
     from sweep.storage import open_storage
     from sweep.transfer import report_lines, save_transfer_plot, store_transfer, fit_transfer, width_recipe
@@ -453,6 +557,7 @@ def cmd_transfer(args, console: Console) -> int:
 
 def _shared_prefix(studies) -> str:
     """How many steps the WSD trials trained, against training each from step 0."""
+    from optuna.trial import TrialState
     trained = full = branched = 0
     for study in studies:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
@@ -466,23 +571,12 @@ def _shared_prefix(studies) -> str:
     return f"shared prefix: {branched} trials started from a shorter trial's stable phase; trained {trained:,} of {full:,} steps{share}"
 
 
-def cmd_range(args, console: Console) -> int:
+def cmd_range(args, console: "Console") -> int:
     from sweep.recipe import load_recipe
-    from sweep.storage import open_storage
-    from sweep.trust import run_range_test
 
     recipe = load_recipe(resolve_study(args.study))
-    if args.lr_start >= args.lr_end:
-        raise InputError(f"--lr-start must be below --lr-end, got {args.lr_start:g} >= {args.lr_end:g}")
-    from optuna.artifacts import FileSystemArtifactStore
-
-    plot = args.runs.range_plot(recipe.name)
-    artifacts = args.runs.artifacts(args.storage)
-    artifacts.mkdir(parents=True, exist_ok=True)
-    result, curve = run_range_test(
-        recipe, steps=args.steps, lr_start=args.lr_start, lr_end=args.lr_end, storage=open_storage(args.storage),
-        plot=plot, artifact_store=FileSystemArtifactStore(artifacts),
-    )
+    _check_range_flags(args, prefix="--")
+    result, curve, plot = _range_test(args, recipe)
     low, high = result.bounds()
     diverged = f"{result.diverged_lr:.3g}" if result.diverged_lr is not None else "not within the range"
     console.print(
@@ -494,7 +588,7 @@ def cmd_range(args, console: Console) -> int:
     return 0
 
 
-def cmd_confirm(args, console: Console) -> int:
+def cmd_confirm(args, console: "Console") -> int:
     from sweep.objective import TrialPlan
     from sweep.recipe import load_recipe
     from sweep.trust import confirm_outlook, confirm_report, run_confirm
@@ -512,10 +606,8 @@ def cmd_confirm(args, console: Console) -> int:
     return 0
 
 
-def cmd_train(args, console: Console) -> int:
-    import dataclasses
-
-    from sweep.recipe import load_recipe
+def cmd_train(args, console: "Console") -> int:
+    from sweep.recipe import load_recipe, run_config
     from train_core.locks import hold_run_folder
     from train_core.trainer import train
 
@@ -525,12 +617,7 @@ def cmd_train(args, console: Console) -> int:
     warmup = args.warmup if args.warmup is not None else min(sched.warmup_steps, max_steps)
     if not 0 <= warmup <= max_steps:
         raise InputError(f"--warmup must be in [0, max steps={max_steps}], got {warmup}")
-    config = dataclasses.replace(
-        recipe.train,
-        schedule=dataclasses.replace(
-            sched, max_lr=args.lr or sched.max_lr, warmup_steps=warmup, max_steps=max_steps, decay_steps=None
-        ),
-    )
+    config = run_config(recipe, lr=args.lr or sched.max_lr, warmup_steps=warmup, steps=max_steps)
     out = args.out or args.runs.train(recipe.name)
 
     def log(m) -> None:
@@ -549,14 +636,14 @@ def cmd_train(args, console: Console) -> int:
     return 0 if result.status == "completed" else 1
 
 
-def cmd_repair_journal(args, console: Console) -> int:
+def cmd_repair_journal(args, console: "Console") -> int:
     from sweep.journal import repair_journal
 
     console.print(repair_journal(args.file), highlight=False)
     return 0
 
 
-def cmd_prepare(args, console: Console) -> int:
+def cmd_prepare(args, console: "Console") -> int:
     from train_core.data import prepare
 
     if not 0 < args.val_fraction < 1:
@@ -571,6 +658,7 @@ def cmd_prepare(args, console: Console) -> int:
 
 
 def _existing_study(storage_url: str, study_name: str):
+    import optuna
     from sweep.storage import mask, open_storage
 
     storage = open_storage(storage_url, create=False)
@@ -584,7 +672,8 @@ def _existing_study(storage_url: str, study_name: str):
         ) from None
 
 
-def cmd_promote(args, console: Console) -> int:
+def cmd_promote(args, console: "Console") -> int:
+    import optuna
     from optuna.artifacts import FileSystemArtifactStore
 
     from sweep.analysis import PowerLaw
@@ -622,7 +711,7 @@ def cmd_promote(args, console: Console) -> int:
     return run_promote(plan, storage=storage, console=console, artifact_store=store)
 
 
-def cmd_coord_check(args, console: Console) -> int:
+def cmd_coord_check(args, console: "Console") -> int:
     from sweep.coordcheck import coord_table, run_coord_check, save_coord_plot
     from sweep.recipe import load_recipe
 
@@ -639,7 +728,7 @@ def cmd_coord_check(args, console: Console) -> int:
     return 0
 
 
-def cmd_sample(args, console: Console) -> int:
+def cmd_sample(args, console: "Console") -> int:
     from sweep.promote import pick_trial
     from sweep.recipe import load_recipe
     from sweep.sample import Sampling, promoted_run, sample_text
@@ -658,7 +747,7 @@ def cmd_sample(args, console: Console) -> int:
     return 0
 
 
-def cmd_status(args, console: Console) -> int:
+def cmd_status(args, console: "Console") -> int:
     from sweep.report import print_summary, studies_table
 
     if args.study_name:
@@ -671,7 +760,7 @@ def cmd_status(args, console: Console) -> int:
     return 0
 
 
-def cmd_audit(args, console: Console) -> int:
+def cmd_audit(args, console: "Console") -> int:
     from sweep.audit import print_audit, run_audit
 
     storage, study = _existing_study(args.storage, args.study_name)

@@ -1,11 +1,16 @@
 """Samplers and pruners, chosen by name."""
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import optuna
 
 from train_core.errors import InputError
+
+if TYPE_CHECKING:  # the CLI lists SAMPLERS and PRUNERS in --help, which must not wait for Optuna to import
+    import optuna
 
 SAMPLERS = ("tpe", "gp", "random", "grid")
 PRUNERS = ("median", "asha", "hyperband", "none")
@@ -23,6 +28,8 @@ def make_sampler(
     """A seeded sampler. The seed is mixed with the number of finished trials, so that a continued study does not
     replay the proposals of its first session (optuna#3255), and with the worker, so that workers sharing a study
     do not propose the same trials."""
+    import optuna
+
     seed = ((seed * 1_000_003 + n_finished) * 7_919 + worker) % 2**32
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
@@ -45,6 +52,8 @@ def make_pruner(name: str, *, steps: int, warmup_steps: int) -> optuna.pruners.B
 
     Pruning earlier would compare trials in the middle of different warmups, which says little about where they end.
     """
+    import optuna
+
     grace = pruning_start(steps=steps, warmup_steps=warmup_steps)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=grace, interval_steps=1)

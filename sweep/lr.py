@@ -263,6 +263,12 @@ class _FailureStreak:
             study.stop()
 
 
+def stored_lr_bounds(*, storage: optuna.storages.BaseStorage, study_name: str) -> list[float] | None:
+    """The LR bounds a study of `lr` was made with, or None when there is no such study yet."""
+    existing = _load_existing(storage, study_name)
+    return None if existing is None else existing.user_attrs.get(PLAN_ATTR, {}).get("lr")
+
+
 def _load_existing(storage, study_name: str) -> optuna.Study | None:
     try:
         return optuna.load_study(study_name=study_name, storage=storage)

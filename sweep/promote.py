@@ -1,4 +1,5 @@
-"""Promote a sweep trial into the study's full run: its peak LR and warmup, the recipe's max_steps and schedule.
+"""Promote a sweep trial into the study's full run: its peak LR and warmup, the schedule shape it was swept with, the
+recipe's max_steps.
 
 The run goes to <runs dir>/<study>/<run>/ (checkpoints, metrics.csv), <run> being promote-<trial>, with -<N>steps for
 another --max-steps and -lr<x> for another LR, and resumes from there after a crash. Optuna does not let a finished
@@ -27,7 +28,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from sweep.objective import git_commit, name_metric
+from sweep.objective import PLAN_ATTR, git_commit, name_metric
 from sweep.recipe import Recipe, _Loader, recipe_note, run_config
 from sweep.runs import Runs, promoted_study
 from train_core.checkpoint import CheckpointManager
@@ -152,7 +153,9 @@ def make_plan(
     if warmup < int(trial.params["warmup"]):
         notes = (f"warmup shrinks from the trial's {trial.params['warmup']} steps to {warmup}: the run has only {steps} "
                  "steps",)
-    config = run_config(recipe, lr=lr or float(trial.params["lr"]), warmup_steps=warmup, steps=steps,
+    # The schedule shape the trial was swept with (--schedule): a WSD winner runs WSD, not the recipe's cosine.
+    shape = study.user_attrs.get(PLAN_ATTR, {}).get("schedule")
+    config = run_config(recipe, lr=lr or float(trial.params["lr"]), warmup_steps=warmup, steps=steps, shape=shape,
                         seed=int(trial.user_attrs.get("seed", recipe.train.seed)), n_embd=n_embd)
     swept = study.user_attrs.get("model")  # --- μP --- the model as the study trained it (transfer widens it)
     if swept is not None:

@@ -6,12 +6,15 @@ The head count stays the recipe's, so the head size grows with width (what μP's
 
 import argparse
 import dataclasses
+from typing import TYPE_CHECKING
 
-from train_core.config import TrainConfig
 from train_core.errors import InputError
 
+if TYPE_CHECKING:  # the CLI imports width_list; torch (behind the config) only loads when a command runs
+    from train_core.config import TrainConfig
 
-def at_width(train: TrainConfig, *, n_embd: int, parametrization: str | None = None, flag: str = "--n-embd") -> TrainConfig:
+
+def at_width(train: "TrainConfig", *, n_embd: int, parametrization: str | None = None, flag: str = "--n-embd") -> "TrainConfig":
     """`train` with the model n_embd wide, under `parametrization` (default: the recipe's)."""
     model = train.model
     if n_embd % model.n_head:

@@ -412,3 +412,14 @@ def test_a_second_promote_of_the_same_trial_is_refused_while_the_first_runs(swee
     assert not (run_dir / "metrics.csv").exists() and not step_checkpoints(run_dir)
     storage = open_storage(f"sqlite:///{sweep_copy}/runs/sweep.db", create=False)
     assert f"{STUDY}-promoted" not in optuna.get_all_study_names(storage=storage)  # no record of a run that did not run
+
+
+def test_promote_runs_the_schedule_shape_the_trial_was_swept_with(data, tmp_path, monkeypatch, capsys):
+    """A --schedule wsd winner runs WSD to max_steps (flat, then a linear cool-down), not the recipe's cosine."""
+    monkeypatch.chdir(tmp_path)
+    write_recipe(tmp_path / "tiny.yaml", recipe_values(data))
+    assert run_sweep("--schedule", "wsd", "--trials", "1") == 0
+    capsys.readouterr()
+    assert main(promote_args("best", "--dry-run")) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"flat to step {int(MAX_STEPS * 0.8)}, then linear to" in out and "cosine" not in out

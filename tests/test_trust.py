@@ -1,5 +1,8 @@
 """`sweep range`, `sweep confirm`, `sweep horizon` and `promote --lr-from horizon`, end to end on the tiny study."""
 
+import re
+from pathlib import Path
+
 import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
@@ -141,3 +144,30 @@ def test_confirm_says_up_front_how_many_seeds_each_difference_needs():
     assert lines[1].startswith("  lr 0.008 vs the runner-up lr 0.016: the sweep has the winner lower by 0.0100; about ")
     assert lines[1].endswith(" paired seeds to tell apart at 95% (--seeds 2 will likely say NOT distinguishable)")
     assert lines[2].startswith("  lr 0.008 vs the anchor lr 0.001: the sweep has the winner lower by 0.2000; about ")
+
+
+def test_lr_range_auto_runs_the_range_test_its_flags_describe_once_and_sweeps_between_its_bounds(study, capsys):
+    auto = ["--lr-range", "auto", "--range-steps", "30", "--range-lr-start", "1e-4", "--range-lr-end", "10",
+            "--sampler", "random", "--pruner", "none", "--trials", "2"]
+    assert run_lr(study, "a.log", *auto) == 0
+    out = capsys.readouterr().out
+    (range_trial,) = load("a.log", "tiny-range").trials
+    assert range_trial.params == {"lr_start": 1e-4, "lr_end": 10}
+    assert len(range_trial.intermediate_values) <= 30
+    low, high = range_trial.user_attrs["suggested_bounds"]
+    assert load("a.log").user_attrs["search_space"]["lr"] == [low, high]
+    # Numbers as people read them: three significant digits, not 0.061359072734131756.
+    line = next(line for line in out.splitlines() if line.startswith("lr range test:"))
+    assert re.fullmatch(r"lr range test: steepest at \S{1,9}, diverged at \S{1,9}; sweeping \S{1,9} to \S{1,9}", line)
+
+    # Run again, the study continues between the bounds it has: no second range test, no "another search space".
+    assert run_lr(study, "a.log", *auto[:-1], "3") == 0
+    assert "continues between its own bounds" in capsys.readouterr().out
+    assert len(load("a.log", "tiny-range").trials) == 1
+    assert len(load("a.log").trials) == 3
+
+
+def test_lr_range_auto_refuses_a_reversed_range_before_anything_runs(study, capsys):
+    code = run_lr(study, "r.log", "--lr-range", "auto", "--range-lr-start", "1", "--range-lr-end", "0.1")
+    assert code == 2 and "--range-lr-start must be below --range-lr-end" in capsys.readouterr().err
+    assert not Path("r.log").exists()
