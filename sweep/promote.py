@@ -35,7 +35,7 @@ from train_core.checkpoint import CheckpointManager
 from train_core.config import ScheduleConfig, TrainConfig
 from train_core.errors import InputError
 from train_core.locks import hold_run_folder
-from train_core.model import GPT
+from train_core.model import GPT, GPTConfig
 from train_core.trainer import StepMetrics, check_resumable, check_same_parametrization, train
 
 METRIC_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu", "val_loss")
@@ -62,10 +62,15 @@ class PromotePlan:
     def describe(self) -> str:
         s = self.config.schedule
         speed, source = fastest_speed(self.study)
-        eta = f", about {_duration(self.tokens / speed)} at {speed:,.0f} tokens/s ({source})" if speed else ""
         m = self.config.model
         with torch.device("meta"):  # counts parameters without allocating a model that may not fit here
-            params = GPT(m).num_params()
+            model = GPT(m)
+            params = model.num_params()
+            swept = self.study.user_attrs.get("model")
+            if speed and swept and swept["n_embd"] != m.n_embd:  # --- μP --- a wider model runs slower per token
+                speed *= GPT(GPTConfig(**swept)).flops_per_token() / model.flops_per_token()
+                source += f", scaled to width {m.n_embd} by FLOPs per token"
+        eta = f", about {_duration(self.tokens / speed)} at {speed:,.0f} tokens/s ({source})" if speed else ""
         width = f"μP, base width {m.mup_base_width}" if m.parametrization == "mup" else "SP"
         return "\n".join(self.notes) + ("\n" if self.notes else "") + (
             f"promote trial {self.trial.number} of {self.study.study_name}: width {m.n_embd} ({m.n_layer} layers, "

@@ -59,6 +59,7 @@ def test_transfer_sweeps_the_same_grid_per_width_and_stores_the_fit(data, tmp_pa
     assert "width 64 (1 layers, 2 heads, μP, base width 16)" in plan
     assert f"peak lr {best.params['lr']:.3g} (μP: the width-16 trial's lr as is)" in plan
     assert "promote-" in plan and "-w64" in plan
+    assert "scaled to width 64 by FLOPs per token" in plan  # the time estimate is the wider model's
 
 
 def test_sp_promote_moves_the_lr_along_the_fitted_drift(data, tmp_path, monkeypatch, capsys):
