@@ -38,10 +38,10 @@ part() {  # part NAME SECONDS COMMAND...: run it under a time limit, print it an
     "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count())'
 } 2>&1 | tee "$LOGS/machine.log"
 
-part throughput 270 "$PY" benchmarks/throughput.py --device cuda --compile --steps 20
+part throughput 300 "$PY" benchmarks/throughput.py --device cuda --compile --steps 20
 # One GPU for both worker counts (the first visible one), even on a node of several.
 first_gpu=${CUDA_VISIBLE_DEVICES:-0}
 export CUDA_VISIBLE_DEVICES=${first_gpu%%,*}
-part workers 240 "$PY" benchmarks/workers.py --compare-workers 1,4 --trials 8 --steps 300
+part workers 180 "$PY" benchmarks/workers.py --compare-workers 1,4 --trials 8 --steps 300
 echo "logs: $LOGS"
 exit $status

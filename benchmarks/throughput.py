@@ -199,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                         ms[label] = train_core_ms(config) if loop == "train_core" else plain_ms(config)
                     except Exception as error:  # e.g. torch.compile without a working compiler: report, go on
                         failures.append(f"shape {name}, {label}: {type(error).__name__}: {str(error).strip()[:300]}")
-                console.print(f"  {label}: {time.perf_counter() - start:.0f}s including warm-up", highlight=False)
+                if label in ms:  # printed as it comes, so that a run cut short still shows what it measured
+                    console.print(f"  {label}: {ms[label]:,.1f} ms/step, {tokens_per_step / ms[label] * 1000:,.0f} "
+                                  f"tok/s; {time.perf_counter() - start:.0f}s with warm-up", highlight=False)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             for label, step_ms in ms.items():

@@ -121,6 +121,8 @@ def compare_workers(console, study: str, counts: list[int], *, trials: int, step
                 rows[count] = sweep_rate(study_file, folder, name=f"workers{count}", trials=trials, steps=steps,
                                          parallel=["--workers", str(count)])
             row, base = rows[count], rows[counts[0]]
+            console.print(f"  --workers {count}: {row['trials']} trials in {row['wall']:.1f}s, {row['per_hour']:,.0f} "
+                          f"trials/h ({row['steady_per_hour']:,.0f} steady)", highlight=False)  # as it comes
             table.add_row(str(count), str(row["trials"]), f"{row['wall']:.1f}", f"{row['per_hour']:,.0f}",
                           f"{row['per_hour'] / base['per_hour']:.2f}x", f"{row['steady_per_hour']:,.0f}",
                           f"{row['steady_per_hour'] / base['steady_per_hour']:.2f}x")
