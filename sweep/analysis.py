@@ -5,16 +5,16 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
-# Two-sided 95% quantiles of Student's t by degrees of freedom; beyond 30 the normal 1.96 is close enough.
-_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13,
-        20: 2.09, 30: 2.04}
+from train_core.errors import InputError
 
 
 def t95(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with `df` degrees of freedom (inf without any)."""
     if df < 1:
         return math.inf
-    return _T95[max(k for k in _T95 if k <= df)] if df <= 30 else 1.96
+    return float(stats.t.ppf(0.975, df))
 
 
 def best_lr(points: list[tuple[float, float]]) -> float:
@@ -26,7 +26,7 @@ def best_lr(points: list[tuple[float, float]]) -> float:
     """
     finite = sorted((lr, loss) for lr, loss in points if math.isfinite(loss))
     if not finite:
-        raise ValueError("no finite (lr, loss) point")
+        raise InputError("no trial reached a finite loss: nothing to find the best LR from (lower --lr-max)")
     i = min(range(len(finite)), key=lambda k: finite[k][1])
     window = finite[max(0, i - 2) : i + 3]
     if len(window) < 3:
@@ -176,7 +176,8 @@ def analyse_range_test(lrs: list[float], losses: list[float], *, smoothing: floa
             break
     usable = len(smoothed) if diverged_at is None else diverged_at
     if usable < 3:
-        raise ValueError("the range test diverged before it could be read: start it at a lower LR")
+        raise InputError("the LR range test diverged before it could be read: start it at a lower LR "
+                         "(--lr-start, or --range-lr-start with lr --lr-range auto)")
     log_lr = np.log(lrs[:usable])
     slope = np.gradient(np.array(smoothed[:usable]), log_lr)
     return RangeTestResult(

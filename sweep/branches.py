@@ -13,6 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
+from optuna.trial import TrialState
+
 from train_core.checkpoint import CheckpointManager
 from train_core.config import TrainConfig
 
@@ -58,3 +60,19 @@ class BranchStore:
         shared["schedule"] = {k: v for k, v in shared["schedule"].items() if k not in ("max_steps", "decay_steps")}
         digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16]
         return CheckpointManager(self.folder / digest)
+
+
+def shared_prefix_summary(studies) -> str:
+    """How many steps the WSD trials of `studies` trained, against training each from step 0: one line."""
+    trained = full = branched = 0
+    for study in studies:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if "duplicate_of" in t.user_attrs or "steps_done" not in t.user_attrs:
+                continue
+            start = t.user_attrs.get("branched_from_step", 0)
+            branched += start > 0
+            trained += t.user_attrs["steps_done"] - start
+            full += t.user_attrs["steps_done"]
+    share = f" ({1 - trained / full:.0%} saved)" if full else ""
+    return (f"shared prefix: {branched} trials started from a shorter trial's stable phase; trained {trained:,} of "
+            f"{full:,} steps{share}")

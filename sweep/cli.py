@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sweep.runs import DEFAULT_RUNS_DIR, Runs, horizon_study, sweep_study
+from sweep.runs import DEFAULT_RUNS_DIR, Runs, sweep_study
 from sweep.stability import GUARD_RULES
 from sweep.width import width_list
 from train_core.errors import InputError
@@ -481,14 +481,13 @@ def cmd_lr(args, console: "Console") -> int:
 
 
 def cmd_horizon(args, console: "Console") -> int:
-    import optuna
     import torch
-    from train_core.trainer import open_data
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
+    from sweep.branches import shared_prefix_summary
     from sweep.recipe import load_recipe
     from sweep.storage import check_reachable, open_storage
-    from sweep.trust import fit_horizon, save_horizon_plot
+    from sweep.trust import fit_horizon, save_horizon_plot, store_horizon_fit
+    from train_core.trainer import open_data
 
     recipe = load_recipe(resolve_study(args.study))
     if len(set(args.steps)) < 2:
@@ -505,16 +504,9 @@ def cmd_horizon(args, console: "Console") -> int:
     studies = {plan.steps: _run_sweep(args, console, plan).study for plan in plans}
     target = args.max_steps or recipe.train.schedule.max_steps
     fit = fit_horizon(studies, tokens_per_step=recipe.train.batch.total_batch_size, target_steps=target)
-    summary = optuna.create_study(study_name=horizon_study(recipe.name), storage=open_storage(args.storage),
-                                  load_if_exists=True)
-    for key, value in {"points": fit.points, "exponent": fit.exponent, "target_steps": fit.target_steps,
-                       "extrapolated_lr": fit.lr, "uncertainty_factor": fit.factor,
-                       "tokens_per_step": fit.tokens_per_step, "law": dataclasses.asdict(fit.law),
-                       "at_edge": fit.at_edge}.items():
-        summary.set_user_attr(key, value)
     plot = save_horizon_plot(fit, args.runs.horizon_plot(recipe.name))
-    folder = args.runs.artifacts(args.storage)
-    upload_artifact(artifact_store=FileSystemArtifactStore(folder), file_path=str(plot), study_or_trial=summary)
+    store_horizon_fit(fit, storage=open_storage(args.storage), recipe_name=recipe.name, plot=plot,
+                      artifact_dir=args.runs.artifacts(args.storage))
     for steps, lr in fit.points:
         console.print(f"best lr at {steps} steps: {lr:.3g}", highlight=False)
     for steps, lr in fit.at_edge:
@@ -524,7 +516,7 @@ def cmd_horizon(args, console: "Console") -> int:
     console.print(f"lr ∝ tokens^{fit.exponent:.3f}; extrapolated to {fit.target_steps} steps: {fit.lr:.3g}{band}; "
                   f"plot: {plot}; `promote best --lr-from horizon` uses it", highlight=False)
     if plans[0].branches is not None:
-        console.print(_shared_prefix(studies.values()), highlight=False)
+        console.print(shared_prefix_summary(studies.values()), highlight=False)
     return 0
 
 
@@ -553,22 +545,6 @@ def cmd_transfer(args, console: "Console") -> int:
         console.print(line, highlight=False)
     console.print(f"plot: {plot}; stored in study {summary.study_name}", highlight=False)
     return 0
-
-
-def _shared_prefix(studies) -> str:
-    """How many steps the WSD trials trained, against training each from step 0."""
-    from optuna.trial import TrialState
-    trained = full = branched = 0
-    for study in studies:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if "duplicate_of" in t.user_attrs or "steps_done" not in t.user_attrs:
-                continue
-            start = t.user_attrs.get("branched_from_step", 0)
-            branched += start > 0
-            trained += t.user_attrs["steps_done"] - start
-            full += t.user_attrs["steps_done"]
-    share = f" ({1 - trained / full:.0%} saved)" if full else ""
-    return f"shared prefix: {branched} trials started from a shorter trial's stable phase; trained {trained:,} of {full:,} steps{share}"
 
 
 def cmd_range(args, console: "Console") -> int:
@@ -673,25 +649,19 @@ def _existing_study(storage_url: str, study_name: str):
 
 
 def cmd_promote(args, console: "Console") -> int:
-    import optuna
     from optuna.artifacts import FileSystemArtifactStore
 
-    from sweep.analysis import PowerLaw
     from sweep.promote import make_plan, pick_trial, run_promote
     from sweep.recipe import load_recipe
+    from sweep.trust import horizon_lr
 
     recipe = load_recipe(resolve_study(args.study))
     storage, study = _existing_study(args.storage, _study_name(args, recipe, args.steps))
     trial = pick_trial(study, args.trial)
     lr = None
     if args.lr_from == "horizon":
-        fits = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-        fit = fits.get(horizon_study(recipe.name))
-        if fit is None or "law" not in fit.user_attrs:
-            raise InputError(f"no horizon fit for {recipe.name} in this storage: run `python -m sweep horizon --steps 100,300` first")
-        law, steps = PowerLaw(**fit.user_attrs["law"]), args.max_steps or recipe.train.schedule.max_steps
-        tokens = steps * recipe.train.batch.total_batch_size
-        lr, band = law.predict(tokens), law.uncertainty_factor(tokens)
+        steps = args.max_steps or recipe.train.schedule.max_steps
+        lr, band = horizon_lr(storage=storage, recipe=recipe, steps=steps)
         console.print(f"peak lr extrapolated by `sweep horizon` to {steps} steps: {lr:.3g}"
                       + (f" (x/÷ {band:.2f})" if math.isfinite(band) else ""), highlight=False)
     lr_reason = "extrapolated by `sweep horizon`" if lr else "the trial's"

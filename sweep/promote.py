@@ -30,6 +30,7 @@ from rich.console import Console
 
 from sweep.objective import PLAN_ATTR, git_commit, name_metric
 from sweep.recipe import Recipe, _Loader, recipe_note, run_config
+from sweep.report import fmt_loss
 from sweep.runs import Runs, promoted_study
 from train_core.checkpoint import CheckpointManager
 from train_core.config import ScheduleConfig, TrainConfig
@@ -242,8 +243,8 @@ def _run_promote(
             trial.report(value, step)
     _finish_promoted_trial(trial, plan, log, status, artifact_store, completed=result.status == "completed")
     console.print(
-        f"{result.status}: {result.steps_done} steps, final val loss {_fmt(result.final_val_loss)}, best "
-        f"{_fmt(result.best_val_loss)}, {result.tokens_per_s:,.0f} tokens/s, {wall:.0f}s; run folder {plan.run_dir}",
+        f"{result.status}: {result.steps_done} steps, final val loss {fmt_loss(result.final_val_loss)}, best "
+        f"{fmt_loss(result.best_val_loss)}, {result.tokens_per_s:,.0f} tokens/s, {wall:.0f}s; run folder {plan.run_dir}",
         highlight=False,
     )
     return 0 if result.status == "completed" else 1
@@ -353,7 +354,7 @@ def _write_study_note(study: optuna.Study) -> None:
     for key, v in runs.items():
         lines.append(
             f"| {key} | {v['trial']} | {v['lr']:.3g} | {v['warmup']} | {v['steps_done']}/{v['max_steps']} | {v['status']} "
-            f"| {_fmt(v['final_val_loss'])} | {_fmt(v['best_val_loss'])} |"
+            f"| {fmt_loss(v['final_val_loss'])} | {fmt_loss(v['best_val_loss'])} |"
         )
     recipe = [recipe_note(study.user_attrs["recipe"]), ""] if "recipe" in study.user_attrs else []
     optuna_dashboard.save_note(study, "\n".join([*recipe, *lines]))
@@ -363,7 +364,7 @@ def _promoted_note(status: dict) -> str:
     return (
         f"**full run of trial {status['trial']}**: peak lr {status['lr']:.3g}, warmup {status['warmup']}, "
         f"{status['steps_done']} steps, {status['tokens']:,} tokens\n\n"
-        f"**final val loss** {_fmt(status['final_val_loss'])} · **best** {_fmt(status['best_val_loss'])}\n\n"
+        f"**final val loss** {fmt_loss(status['final_val_loss'])} · **best** {fmt_loss(status['best_val_loss'])}\n\n"
         f"run folder `{status['run_dir']}`"
     )
 
@@ -375,10 +376,6 @@ def _flatten(values, prefix: str = "") -> dict:
     for k, v in values.items():
         out |= _flatten(v, f"{prefix}{k}.")
     return out
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def _duration(seconds: float) -> str:

@@ -71,8 +71,8 @@ def promoted_table(study: optuna.Study) -> Table | None:
             f"{r['lr']:.3g}",
             str(r["warmup"]),
             f"{r['steps_done']}/{r['max_steps']}",
-            _fmt(r["final_val_loss"]),
-            _fmt(r["best_val_loss"]),
+            fmt_loss(r["final_val_loss"]),
+            fmt_loss(r["best_val_loss"]),
             r["status"],
             r["run_dir"],
         )
@@ -96,7 +96,7 @@ def studies_table(storage) -> Table:
             str(count[TrialState.PRUNED]),
             str(count[TrialState.FAIL]),
             str(count[TrialState.RUNNING]),
-            _fmt(best.value if best else None),
+            fmt_loss(best.value if best else None),
             f"{best.params['lr']:.3g}" if best and "lr" in best.params else "",
             str(sum(k.startswith("promote-") for k in summary.user_attrs)),
         )
@@ -110,5 +110,6 @@ def print_summary(console: Console, study: optuna.Study) -> None:
     console.print(best_summary(study) or "no trial completed", highlight=False)
 
 
-def _fmt(value: float | None) -> str:
+def fmt_loss(value: float | None) -> str:
+    """A loss as every table and note shows it: 4 decimals, '-' when there is none."""
     return "-" if value is None else f"{value:.4f}"

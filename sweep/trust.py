@@ -33,7 +33,7 @@ from sweep.analysis import (
 from sweep.objective import TrialPlan
 from sweep.plots import draw_range_plot
 from sweep.recipe import Recipe, run_config
-from sweep.runs import confirm_study, range_study
+from sweep.runs import confirm_study, horizon_study, range_study
 from train_core.errors import InputError
 from train_core.trainer import StepMetrics, train
 
@@ -250,6 +250,33 @@ def fit_horizon(studies: dict[int, optuna.Study], *, tokens_per_step: int, targe
                          "to fit: widen --lr-min/--lr-max")
     law = fit_power_law([s * tokens_per_step for s, _ in points], [lr for _, lr in points])
     return HorizonFit(points=points, at_edge=at_edge, tokens_per_step=tokens_per_step, target_steps=target_steps, law=law)
+
+
+def store_horizon_fit(
+    fit: HorizonFit, *, storage: optuna.storages.BaseStorage, recipe_name: str, plot: Path, artifact_dir: Path
+) -> optuna.Study:
+    """The fit in the user attrs of the study <recipe>-horizon (its plot attached), where `horizon_lr` reads it."""
+    summary = optuna.create_study(study_name=horizon_study(recipe_name), storage=storage, load_if_exists=True)
+    for key, value in {"points": fit.points, "exponent": fit.exponent, "target_steps": fit.target_steps,
+                       "extrapolated_lr": fit.lr, "uncertainty_factor": fit.factor,
+                       "tokens_per_step": fit.tokens_per_step, "law": dataclasses.asdict(fit.law),
+                       "at_edge": fit.at_edge}.items():
+        summary.set_user_attr(key, value)
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    upload_artifact(artifact_store=FileSystemArtifactStore(artifact_dir), file_path=str(plot), study_or_trial=summary)
+    return summary
+
+
+def horizon_lr(*, storage: optuna.storages.BaseStorage, recipe: Recipe, steps: int) -> tuple[float, float]:
+    """The peak LR the stored horizon fit gives a run of `steps` steps, and its one-standard-error factor."""
+    fits = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    fit = fits.get(horizon_study(recipe.name))
+    if fit is None or "law" not in fit.user_attrs:
+        raise InputError(f"no horizon fit for {recipe.name} in this storage: run `python -m sweep horizon --steps "
+                         "100,300` first")
+    law = PowerLaw(**fit.user_attrs["law"])
+    tokens = steps * recipe.train.batch.total_batch_size
+    return law.predict(tokens), law.uncertainty_factor(tokens)
 
 
 def save_horizon_plot(fit: HorizonFit, path: Path) -> Path:

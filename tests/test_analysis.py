@@ -10,6 +10,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import create_trial
 
 from sweep.analysis import analyse_range_test, best_lr, compare_paired, curve_noise, fit_power_law, seeds_needed, t95
+from sweep.cli import main
 from sweep.trust import fit_horizon
 from train_core.errors import InputError
 
@@ -134,3 +135,17 @@ def test_seeds_needed_for_a_95_percent_interval_to_exclude_zero(gap, sd, needed)
     assert seeds_needed(gap, sd) == needed
     if needed is not None:  # one seed fewer would not do
         assert t95(needed - 2) * sd / math.sqrt(needed - 1) >= gap or needed == 2
+
+
+@pytest.mark.parametrize("df, quantile", [(1, 12.706), (5, 2.571), (40, 2.021), (100, 1.984)])
+def test_t95_is_students_t_at_every_degree_of_freedom(df, quantile):
+    """Beyond 30 degrees of freedom too: 2.021 at 40, not the normal 1.96 a short table fell back to."""
+    assert t95(df) == pytest.approx(quantile, abs=5e-4)
+
+
+def test_a_range_test_that_diverges_at_once_is_a_one_line_input_error(study, capsys):
+    """The loss blows up from the first steps: the range test cannot be read, and the user is told what to change."""
+    code = main(["range", "--study", str(study), "--steps", "20", "--lr-start", "50", "--lr-end", "1000",
+                 "--storage", "r.log"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--lr-start" in err, err

@@ -10,14 +10,15 @@ A file that still fails to load (a torn disk, a copy cut short) is skipped with 
 """
 
 import json
-import os
 import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import torch
+
+from train_core.files import atomic_write, atomic_write_bytes
 
 STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
 STABLE_FILE = re.compile(r"^stable-(\d{8})\.pt$")
@@ -71,7 +72,7 @@ class CheckpointManager:
             with open(source, "rb") as src:
                 shutil.copyfileobj(src, f, 1 << 24)
 
-        _atomic_write(path, copy)
+        atomic_write(path, copy)
         return path
 
     def step_files(self) -> list[Path]:
@@ -101,7 +102,7 @@ class CheckpointManager:
         return torch.load(path, map_location=map_location, weights_only=True) if path.exists() else None
 
     def mark_done(self, summary: dict[str, Any]) -> None:
-        _atomic_write_bytes(self.folder / DONE_FILE, json.dumps(summary, indent=2).encode())
+        atomic_write_bytes(self.folder / DONE_FILE, json.dumps(summary, indent=2).encode())
 
     def done_summary(self) -> dict[str, Any] | None:
         """The DONE marker's summary if the run finished, else None."""
@@ -110,33 +111,4 @@ class CheckpointManager:
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
-    _atomic_write(path, lambda f: torch.save(state, f))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write to a hidden temp file, fsync it, rename it over path: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a failed save (disk full, unpicklable state) must not leave a partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda f: torch.save(state, f))

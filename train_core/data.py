@@ -27,7 +27,6 @@ import mmap
 import os
 import platform
 import sysconfig
-import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import rich.progress
 import torch
 
 from train_core.errors import InputError
+from train_core.files import atomic_write_bytes, commit, temporary_name
 from train_core.tokenizer import EOT_TOKEN, VOCAB_SIZE, gpt2_encoding
 
 LLMC_HEADER_INTS = 256
@@ -68,7 +68,7 @@ _PROGRESS_MIN_BYTES = 1 << 23  # show a progress bar only on inputs this big; sm
 
 def write_nanogpt_bin(path: str | Path, tokens: Sequence[int] | np.ndarray) -> int:
     """Write tokens as nanoGPT's raw little-endian uint16, no header; returns the bytes written."""
-    return _write_atomic(Path(path), _as_dtype(tokens, NANOGPT_DTYPE, path).tobytes())
+    return atomic_write_bytes(Path(path), _as_dtype(tokens, NANOGPT_DTYPE, path).tobytes())
 
 
 def write_llmc_shard(path: str | Path, tokens: Sequence[int] | np.ndarray, *, version: int) -> int:
@@ -88,7 +88,7 @@ def write_llmc_shard(path: str | Path, tokens: Sequence[int] | np.ndarray, *, ve
     header[0] = magic
     header[1] = version
     header[2] = len(data)
-    return _write_atomic(Path(path), header.tobytes(), data.tobytes())
+    return atomic_write_bytes(Path(path), header.tobytes(), data.tobytes())
 
 
 def _as_dtype(tokens: Sequence[int] | np.ndarray, dtype: np.dtype, path: str | Path) -> np.ndarray:
@@ -98,25 +98,6 @@ def _as_dtype(tokens: Sequence[int] | np.ndarray, dtype: np.dtype, path: str | P
         raise InputError(f"cannot write {path}: token ids must be in 0..{limit} for {dtype.name}, "
                          f"but got {data.min()}..{data.max()}")
     return data.astype(dtype, copy=False)
-
-
-def _temporary_name(path: Path) -> Path:
-    # Unique, so that two processes preparing the same folder at once never write into one file.
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
-def _write_atomic(path: Path, *parts: bytes) -> int:
-    """Write to a temporary name beside `path`, then rename: a reader never sees a half-written file."""
-    tmp = _temporary_name(path)
-    try:
-        with open(tmp, "xb") as f:
-            for part in parts:
-                f.write(part)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,7 +161,7 @@ def max_token_id(path: Path, tokens: np.memmap) -> int:
         pass  # no sidecar yet, or an unreadable one: scan
     largest = _scan_max(path, offset=tokens.offset, dtype=tokens.dtype, count=len(tokens))
     try:
-        _write_atomic(sidecar, json.dumps(key | {"max_token_id": largest}).encode() + b"\n")
+        atomic_write_bytes(sidecar, json.dumps(key | {"max_token_id": largest}).encode() + b"\n")
     except OSError:
         pass  # a read-only data folder: correct, only slower (the next open scans again)
     return largest
@@ -413,7 +394,7 @@ class _SplitWriter:
 
     def __init__(self, path: Path):
         self.path = path
-        self._tmp = _temporary_name(path)
+        self._tmp = temporary_name(path)
         self._file = open(self._tmp, "xb")
         self.tokens = 0
         self.documents = 0
@@ -424,8 +405,8 @@ class _SplitWriter:
         self.documents += 1
 
     def commit(self) -> None:
+        commit(self._file, self._tmp, self.path)
         self._file.close()
-        os.replace(self._tmp, self.path)
 
     def discard(self) -> None:
         """Drop the temporary file if commit() has not renamed it."""
@@ -507,7 +488,7 @@ def prepare_documents(docs: Sequence[Document], out_dir: str | Path, *, val_frac
         "val_fallback": fallback,
         **meta_fields,
     }
-    _write_atomic(out / "meta.json", json.dumps(meta, indent=2).encode() + b"\n")
+    atomic_write_bytes(out / "meta.json", json.dumps(meta, indent=2).encode() + b"\n")
     return meta
 
 
