@@ -26,7 +26,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from sweep.components import PRUNERS, make_pruner, pruning_start
+from sweep.components import PRUNE_FROM, PRUNERS, make_pruner, pruning_start
 from sweep.stability import StabilityGuard, recovery_window
 from sweep.objective import PLAN_ATTR
 from train_core.errors import InputError
@@ -68,6 +68,7 @@ class Replay:
 class AuditRow:
     pruner: str
     guard: str
+    prune_from: float  # the fraction of the run from which trials are compared
     replays: list[Replay]
 
 
@@ -133,15 +134,18 @@ def replay(
     steps: int,
     initial_loss: float,
     name: str,
+    prune_from: float = PRUNE_FROM,
 ) -> Replay:
     """The sweep of `curves` as one worker runs it: trials in `order`, each reporting its smoothed loss every step, the
     guard first, then the pruner, asked from its first comparing step to the one before the last (as the Objective)."""
     by_number = {c.number: c for c in curves}
     max_warmup = max(c.warmup for c in curves)
     study = optuna.create_study(
-        study_name=name, direction="minimize", pruner=make_pruner(pruner, steps=steps, warmup_steps=max_warmup)
+        study_name=name,
+        direction="minimize",
+        pruner=make_pruner(pruner, steps=steps, warmup_steps=max_warmup, fraction=prune_from),
     )
-    prune_from = pruning_start(steps=steps, warmup_steps=max_warmup)
+    start = pruning_start(steps=steps, warmup_steps=max_warmup, fraction=prune_from)
     window = 0 if guard == "one-step" else recovery_window(steps=steps)
     stops, steps_run = {}, 0
     for number in order:
@@ -155,7 +159,7 @@ def replay(
                                              tokens_per_s=0.0, ms_per_step=0.0, mfu=0.0))
             if reason is None:
                 trial.report(watch.smoothed_loss, step)
-                if prune_from <= step < steps - 1 and trial.should_prune():
+                if start <= step < steps - 1 and trial.should_prune():
                     reason = f"{pruner} at step {step}"
             if reason is not None:
                 stop = Stop(step=step, reason=reason)
@@ -187,6 +191,7 @@ def run_audit(
     seed: int = 0,
     band: float = SEED_NOISE,
     pruners: tuple[str, ...] = PRUNERS,
+    prune_from: tuple[float, ...] = (PRUNE_FROM,),
 ) -> Audit:
     curves = load_curves(study, storage=storage, artifact_dir=artifact_dir)
     steps = study.user_attrs[PLAN_ATTR]["steps"]
@@ -195,12 +200,13 @@ def run_audit(
     rows = []
     for pruner in pruners:
         for guard in GUARDS:
-            replays = [
-                replay(curves, order=order, pruner=pruner, guard=guard, steps=steps, initial_loss=initial_loss,
-                       name=f"audit-{i}")
-                for i, order in enumerate(shuffles)
-            ]
-            rows.append(AuditRow(pruner=pruner, guard=guard, replays=replays))
+            for fraction in prune_from if pruner != "none" else prune_from[:1]:
+                replays = [
+                    replay(curves, order=order, pruner=pruner, guard=guard, steps=steps, initial_loss=initial_loss,
+                           name=f"audit-{i}", prune_from=fraction)
+                    for i, order in enumerate(shuffles)
+                ]
+                rows.append(AuditRow(pruner=pruner, guard=guard, prune_from=fraction, replays=replays))
     return Audit(study_name=study.study_name, steps=steps, curves=curves, band=band, rows=rows)
 
 
@@ -238,13 +244,14 @@ def print_audit(console: Console, audit: Audit, *, markdown: bool = False) -> No
         highlight=False,
     )
     table = Table(title="per pruner, over all orders", header_style="bold", **style)
-    for name in ("pruner", "guard", "compute saved", "best stopped", "noise band stopped", "winner found: worst val +",
+    for name in ("pruner", "guard", "from", "compute saved", "best stopped", "noise band stopped", "winner found: worst val +",
                  "worst lr ratio"):
         table.add_column(name, justify="left" if name in ("pruner", "guard") else "right")
+    # ("from": the fraction of the run from which the pruner compares trials)
     for row in audit.rows:
         s = summary(audit, row)
         table.add_row(
-            row.pruner, row.guard,
+            row.pruner, row.guard, "" if row.pruner == "none" else f"{row.prune_from:.0%}",
             f"{s['saved_mean']:.0%} ({s['saved_min']:.0%}–{s['saved_max']:.0%})",
             f"{s['best_stopped']}/{s['orders']}",
             f"{s['band_stopped']}/{s['orders']}",
@@ -254,11 +261,13 @@ def print_audit(console: Console, audit: Audit, *, markdown: bool = False) -> No
     console.print(table)
     # Per trial: each pruner behind today's guard, and each guard alone.
     shown = [r for r in audit.rows if r.guard == "windowed" or r.pruner == "none"]
+    several = len({r.prune_from for r in shown}) > 1
     trials = Table(title="stopped in how many orders, at which steps", header_style="bold", **style)
     trials.add_column("peak lr", justify="right")
     trials.add_column("val loss", justify="right")
     for row in shown:
-        trials.add_column(f"{row.guard} guard" if row.pruner == "none" else row.pruner, justify="right")
+        label = row.pruner + (f" from {row.prune_from:.0%}" if several else "")
+        trials.add_column(f"{row.guard} guard" if row.pruner == "none" else label, justify="right")
     for curve in sorted(audit.curves, key=lambda c: c.lr):
         cells = []
         for row in shown:

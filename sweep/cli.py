@@ -78,6 +78,16 @@ def _warmup_list(text: str) -> list:
     return values
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected fractions of the run in [0, 1) like 0.25,0.67, got {text!r}")
+    return values
+
+
 def _steps_list(text: str) -> list[int]:
     """Comma-separated positive step counts, e.g. 100,300,1000."""
     return [_positive_int(part) for part in text.split(",")]
@@ -302,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--seed", type=int, default=0, help="seed of the orders (default 0)")
     au.add_argument("--band", type=_positive_float, default=0.05,
                     help="seed-noise band in val loss: trials this close to the best count as the best (default 0.05)")
+    au.add_argument("--prune-from", type=_fractions, default=None,
+                    help="fractions of the run from which pruners compare trials, e.g. 0.25,0.67 (default: the sweep's)")
     au.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
 
     rj = commands.add_parser("repair-journal", help="cut a journal file's torn or garbage tail off, keeping a backup", description=_DESCRIPTIONS["repair-journal"])
@@ -735,7 +747,7 @@ def cmd_audit(args, console: "Console") -> int:
 
     storage, study = _existing_study(args.storage, args.study_name)
     audit = run_audit(study, storage=storage, artifact_dir=args.runs.artifacts(args.storage), order_count=args.orders,
-                      seed=args.seed, band=args.band)
+                      seed=args.seed, band=args.band, **({"prune_from": args.prune_from} if args.prune_from else {}))
     print_audit(console, audit, markdown=args.markdown)
     return 0
 

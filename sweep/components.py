@@ -42,19 +42,22 @@ def make_sampler(
     raise InputError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
 
 
-def pruning_start(*, steps: int, warmup_steps: int) -> int:
-    """The first step at which trials are compared: after the longest warmup, and not before a quarter of the run."""
-    return min(max(warmup_steps, steps // 4), steps - 1)
+PRUNE_FROM = 0.25  # of the run: the first step at which trials are compared (see `sweep audit`)
 
 
-def make_pruner(name: str, *, steps: int, warmup_steps: int) -> optuna.pruners.BasePruner:
+def pruning_start(*, steps: int, warmup_steps: int, fraction: float = PRUNE_FROM) -> int:
+    """The first step at which trials are compared: after the longest warmup, and not before `fraction` of the run."""
+    return min(max(warmup_steps, int(steps * fraction)), steps - 1)
+
+
+def make_pruner(name: str, *, steps: int, warmup_steps: int, fraction: float = PRUNE_FROM) -> optuna.pruners.BasePruner:
     """A rank-based pruner that compares trials at equal steps, and only after every trial's warmup is over.
 
     Pruning earlier would compare trials in the middle of different warmups, which says little about where they end.
     """
     import optuna
 
-    grace = pruning_start(steps=steps, warmup_steps=warmup_steps)
+    grace = pruning_start(steps=steps, warmup_steps=warmup_steps, fraction=fraction)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=grace, interval_steps=1)
     if name == "asha":

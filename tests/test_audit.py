@@ -57,7 +57,7 @@ def test_a_trial_behind_mid_run_is_stopped_only_once_enough_peers_finished():
 def test_the_summary_counts_the_winner_stopped_and_what_was_found_instead():
     replays = [run([0, 1, 2, 3]), run([0, 3, 1, 2])]
     audit = Audit(study_name="s", steps=STEPS_SYNTH, curves=CURVES, band=0.05,
-                  rows=[AuditRow(pruner="median", guard="windowed", replays=replays)])
+                  rows=[AuditRow(pruner="median", guard="windowed", prune_from=0.25, replays=replays)])
     s = summary(audit, audit.rows[0])
     assert audit.best.number == 3 and [c.number for c in audit.in_band] == [3]
     assert (s["best_stopped"], s["band_stopped"], s["orders"]) == (1, 1, 2)
@@ -97,7 +97,23 @@ def test_audit_command_over_a_real_grid_sweep(study, tmp_path, capsys):
     assert f"audit of tiny-{STEPS}: " in out and "3 orders, anchor first" in out
     for pruner in ("median", "asha", "hyperband"):
         assert f"| {pruner} " in out
-    assert "| none      | windowed |    0% (0%–0%) |" in out  # the guard alone stops none of these healthy trials
+    assert "| none      | windowed |      |    0% (0%–0%) |" in out  # the guard alone stops none of these healthy trials
+
+
+def test_a_later_start_keeps_the_late_catching_winner(tmp_path):
+    """The winner is behind mid-run (its sine bump peaks at half the run) and its smoothed loss is ahead only near the
+    end: compared from 98% of the run, the median pruner no longer stops it."""
+    assert 3 in run([0, 1, 2, 3]).stops
+    late = replay(CURVES, order=[0, 1, 2, 3], pruner="median", guard="windowed", steps=STEPS_SYNTH,
+                  initial_loss=INITIAL, name="t", prune_from=0.98)
+    assert 3 not in late.stops
+
+
+@pytest.mark.parametrize("bad", ["1.5", "x", ""])
+def test_audit_refuses_prune_from_outside_the_run(bad, capsys):
+    assert main(["audit", "--study-name", "s", "--prune-from", bad]) == 2
+    err = capsys.readouterr().err
+    assert "expected fractions of the run in [0, 1) like 0.25,0.67" in err and err.count("\n") == 1
 
 
 def test_audit_refuses_a_study_whose_curves_were_cut(study, tmp_path, capsys):
