@@ -537,7 +537,7 @@ def cmd_transfer(args, console: "Console") -> int:
     from train_core.trainer import open_data
     from sweep.recipe import load_recipe
     from sweep.storage import open_storage
-    from sweep.transfer import report_lines, save_transfer_plot, store_transfer, fit_transfer, width_recipe
+    from sweep.transfer import fit_transfer, report_lines, save_transfer_plot, store_transfer, width_recipe
 
     recipe = load_recipe(resolve_study(args.study))
     parametrization = args.parametrization or recipe.train.model.parametrization

@@ -15,7 +15,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
-from sweep.objective import PLAN_ATTR, Objective, TrialPlan, name_metric
+from sweep.objective import MODEL_ATTR, PLAN_ATTR, Objective, TrialPlan, name_metric
 from sweep.recipe import recipe_note, warmup_steps
 from sweep.runs import Runs
 from sweep.storage import mask, open_storage, scheme, sqlite_path
@@ -171,7 +171,7 @@ def open_study(
         study.set_user_attr("recipe", plan.recipe.text)
         study.set_user_attr("recipe_name", plan.recipe.name)
         study.set_user_attr("recipe_digest", plan.recipe.digest)
-        study.set_user_attr("model", dataclasses.asdict(plan.recipe.train.model))  # as trained: transfer widens it
+        study.set_user_attr(MODEL_ATTR, dataclasses.asdict(plan.recipe.train.model))  # as trained: transfer widens it
         study.set_user_attr("anchor_lr", plan.recipe.search.anchor_lr)
         study.set_user_attr("anchor_source", plan.recipe.search.anchor_source)
         name_metric(study)

@@ -1,6 +1,7 @@
 """One sweep trial: a candidate peak LR and warmup, trained by train_core, reported to Optuna step by step."""
 
 import csv
+import dataclasses
 import functools
 import hashlib
 import json
@@ -23,12 +24,14 @@ from sweep.components import pruning_start
 from sweep.recipe import Recipe, WarmupSpec, WarmupSteps, run_config
 from sweep.stability import StabilityGuard, recovery_window
 from sweep.view import SweepView
+from sweep.width import at_width
 from sweep.workers import STORAGE_FAULT, Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root, trial_id
 from train_core.config import TrainConfig
 from train_core.errors import FaultError, InputError
 from train_core.trainer import StepMetrics, TrainResult, device_label, resolve_device, train
 
 PLAN_ATTR = "search_space"  # the study user attr that keeps TrialPlan.to_study_attr()
+MODEL_ATTR = "model"  # --- μP --- the study user attr that keeps the model its trials trained (transfer widens it)
 CURVE_COLUMNS = ("step", "loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "val_loss")
 
 
@@ -89,6 +92,9 @@ class TrialPlan:
         attr = study.user_attrs.get(PLAN_ATTR)
         if attr is None:
             raise InputError(f"study {study.study_name} was not made by `sweep lr` (it has no {PLAN_ATTR} attr)")
+        if (model := study.user_attrs.get(MODEL_ATTR)) is not None:  # --- μP --- a transfer study's width
+            train = at_width(recipe.train, n_embd=model["n_embd"], parametrization=model["parametrization"])
+            recipe = dataclasses.replace(recipe, train=train)
         return TrialPlan(
             recipe=recipe, steps=attr["steps"], schedule=attr["schedule"], lr_min=attr["lr"][0], lr_max=attr["lr"][1],
             warmups=WarmupSteps(values=tuple(attr["warmup"]), is_range=attr.get("warmup_is_range", False)),

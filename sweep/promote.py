@@ -28,7 +28,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from sweep.objective import PLAN_ATTR, git_commit, name_metric
+from sweep.objective import MODEL_ATTR, PLAN_ATTR, git_commit, name_metric
 from sweep.recipe import Recipe, _Loader, recipe_note, run_config
 from sweep.report import fmt_loss
 from sweep.runs import Runs, promoted_study
@@ -67,7 +67,7 @@ class PromotePlan:
         with torch.device("meta"):  # counts parameters without allocating a model that may not fit here
             model = GPT(m)
             params = model.num_params()
-            swept = self.study.user_attrs.get("model")
+            swept = self.study.user_attrs.get(MODEL_ATTR)
             if speed and swept and swept["n_embd"] != m.n_embd:  # --- μP --- a wider model runs slower per token
                 speed *= GPT(GPTConfig(**swept)).flops_per_token() / model.flops_per_token()
                 source += f", scaled to width {m.n_embd} by FLOPs per token"
@@ -163,7 +163,7 @@ def make_plan(
     shape = study.user_attrs.get(PLAN_ATTR, {}).get("schedule")
     config = run_config(recipe, lr=lr or float(trial.params["lr"]), warmup_steps=warmup, steps=steps, shape=shape,
                         seed=int(trial.user_attrs.get("seed", recipe.train.seed)), n_embd=n_embd)
-    swept = study.user_attrs.get("model")  # --- μP --- the model as the study trained it (transfer widens it)
+    swept = study.user_attrs.get(MODEL_ATTR)  # --- μP --- the model as the study trained it (transfer widens it)
     if swept is not None:
         check_same_parametrization(swept, config.model, where=f"study {study.study_name}")
     # A shortened run, another LR or another width must not resume the plain full run's checkpoints.

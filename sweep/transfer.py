@@ -19,6 +19,7 @@ import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from sweep.analysis import PowerLaw, fit_power_law
+from sweep.objective import MODEL_ATTR
 from sweep.recipe import Recipe
 from sweep.runs import transfer_study, width_recipe_name
 from sweep.trust import CurveBottom, curve_bottom
@@ -140,7 +141,7 @@ def width_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, recip
              n_embd: int) -> tuple[float, str]:
     """The peak LR for the swept model made n_embd wide, and why: μP keeps the LR (what μP is for); SP moves it along
     the drift `transfer` fitted, or keeps it with a warning when there is none."""
-    swept = study.user_attrs.get("model") or dataclasses.asdict(recipe.train.model)  # as the study trained it
+    swept = study.user_attrs.get(MODEL_ATTR) or dataclasses.asdict(recipe.train.model)  # as the study trained it
     width = swept["n_embd"]
     if swept.get("parametrization", "sp") == "mup":
         return lr, f"μP: the width-{width} trial's lr as is"

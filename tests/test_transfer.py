@@ -8,9 +8,10 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 
 from sweep.cli import main
+from sweep.objective import TrialPlan
+from sweep.recipe import load_recipe
 from sweep.transfer import width_lr
 from sweep_fixtures import load, study_values, write_study, write_token_files
-from sweep.recipe import load_recipe
 
 # 5 LRs x2 apart, the anchor's 1e-2 among them, at every width; one warmup, no pruning: whole curves.
 GRID = ["--steps", "10", "--grid-points", "5", "--lr-min", "2.5e-3", "--lr-max", "4e-2", "--warmup", "0", "-q"]
@@ -60,6 +61,11 @@ def test_transfer_sweeps_the_same_grid_per_width_and_stores_the_fit(data, tmp_pa
     assert f"peak lr {best.params['lr']:.3g} (μP: the width-16 trial's lr as is)" in plan
     assert "promote-" in plan and "-w64" in plan
     assert "scaled to width 64 by FLOPs per token" in plan  # the time estimate is the wider model's
+
+    # Re-runs of a width's trials (confirm's seeds) train that width, not the recipe's.
+    plan = TrialPlan.from_study(load("t.log", "tiny-mup-w32-10"), recipe=load_recipe(study), study_dir=tmp_path / "x")
+    model = plan.trial_config(lr=1e-2, warmup_steps=0, seed=8).model
+    assert (model.n_embd, model.parametrization, model.mup_base_width) == (32, "mup", 16)
 
 
 def test_sp_promote_moves_the_lr_along_the_fitted_drift(data, tmp_path, monkeypatch, capsys):
