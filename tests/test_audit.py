@@ -87,6 +87,7 @@ def test_orders_put_the_anchor_first_and_differ():
     assert len({tuple(o) for o in shuffles}) > 1
 
 
+@pytest.mark.slow
 def test_audit_command_over_a_real_grid_sweep(study, tmp_path, capsys):
     storage = f"sqlite:///{tmp_path}/a.db"
     assert run_lr(study, storage, "--sampler", "grid", "--grid-points", "3", "--pruner", "none",

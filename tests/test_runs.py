@@ -63,6 +63,7 @@ def test_runs_dir_holds_the_default_storage_and_every_run(study, tmp_path, capsy
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_transfer_puts_its_studies_plots_and_artifacts_in_the_runs_dir(study, tmp_path, capsys):
     runs = tmp_path / "rd"
     assert main(["transfer", "--study", str(study), "--widths", "16,32", "--steps", "10", "--grid-points", "2", "-q",

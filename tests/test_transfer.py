@@ -28,6 +28,7 @@ def _study(tmp_path, data, name: str, **model):
     return write_study(tmp_path / name, values)
 
 
+@pytest.mark.slow
 def test_transfer_sweeps_the_same_grid_per_width_and_stores_the_fit(data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     study = _study(tmp_path, data, "tiny.yaml", parametrization="mup")
@@ -68,6 +69,7 @@ def test_transfer_sweeps_the_same_grid_per_width_and_stores_the_fit(data, tmp_pa
     assert (model.n_embd, model.parametrization, model.mup_base_width) == (32, "mup", 16)
 
 
+@pytest.mark.slow
 def test_sp_promote_moves_the_lr_along_the_fitted_drift(data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     study = _study(tmp_path, data, "tiny.yaml")
@@ -116,6 +118,7 @@ def test_bad_widths_exit_2_before_any_trial(data, tmp_path, monkeypatch, capsys,
     assert not (tmp_path / "b.log").exists()
 
 
+@pytest.mark.slow
 def test_promote_at_a_width_the_heads_do_not_divide_exits_2(data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     study = _study(tmp_path, data, "tiny.yaml", parametrization="mup")

@@ -91,6 +91,7 @@ def test_promote_lr_from_horizon_without_a_fit_exits_2(study, capsys):
 SAFE_GRID = ["--sampler", "grid", "--grid-points", "3", "--lr-min", "1e-3", "--lr-max", "0.1", "--pruner", "none", "-q"]
 
 
+@pytest.mark.slow
 def test_wsd_horizons_branch_from_the_shorter_horizon_and_end_where_full_trials_end(study, tmp_path, monkeypatch, capsys):
     """With --schedule wsd, each 40-step trial starts from the 20-step trial of the same LR at its cool-down start
     (step 16) and trains 24 steps; it ends bitwise where a 40-step WSD trial trained from step 0 ends."""
@@ -114,6 +115,7 @@ def test_wsd_horizons_branch_from_the_shorter_horizon_and_end_where_full_trials_
     assert all(t.value == from_zero[t.params["lr"]].value for t in trials)  # bitwise
 
 
+@pytest.mark.slow
 def test_horizon_sweeps_a_grid_by_default_and_says_when_fractional_warmups_differ(study, capsys):
     no_sampler = [arg for arg in GRID if arg not in ("--sampler", "grid")]
     assert main(["horizon", "--study", str(study), "--steps", "10,20", "--storage", "f.log", *no_sampler,
