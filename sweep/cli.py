@@ -676,12 +676,12 @@ def cmd_promote(args, console: "Console") -> int:
         lr, band = horizon_lr(storage=storage, recipe=recipe, steps=steps)
         console.print(f"peak lr extrapolated by `sweep horizon` to {steps} steps: {lr:.3g}"
                       + (f" (x/÷ {band:.2f})" if math.isfinite(band) else ""), highlight=False)
-    lr_reason = "extrapolated by `sweep horizon`" if lr else "the trial's"
+    lr_reason = "the lr extrapolated by `sweep horizon`" if lr else "the trial's lr"
     if args.n_embd is not None:  # --- μP ---
         from sweep.transfer import width_lr
 
         lr, lr_reason = width_lr(storage=storage, study=study, recipe=recipe, lr=lr or float(trial.params["lr"]),
-                                 n_embd=args.n_embd)
+                                 source=lr_reason, n_embd=args.n_embd)
     plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs=args.runs, lr=lr,
                      lr_reason=lr_reason, n_embd=args.n_embd)
     if args.dry_run:

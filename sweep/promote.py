@@ -48,7 +48,7 @@ class PromotePlan:
     trial: FrozenTrial
     config: TrainConfig
     run_dir: Path
-    lr_reason: str = "the trial's"  # where the peak LR comes from
+    lr_reason: str = "the trial's lr"  # where the peak LR comes from
     notes: tuple[str, ...] = ()  # one line each, printed before the plan: what the run does differently from the trial
 
     @property
@@ -141,7 +141,7 @@ def make_plan(
     force: bool,
     runs: Runs,
     lr: float | None = None,
-    lr_reason: str = "the trial's",
+    lr_reason: str = "the trial's lr",
     n_embd: int | None = None,
 ) -> PromotePlan:
     """The full run of `trial`: its warmup, its peak LR unless `lr` (e.g. extrapolated to the horizon) is given, at

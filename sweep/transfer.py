@@ -138,23 +138,24 @@ def save_transfer_plot(fit: TransferFit, path: Path, *, title: str) -> Path:
 
 
 def width_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, recipe: Recipe, lr: float,
-             n_embd: int) -> tuple[float, str]:
-    """The peak LR for the swept model made n_embd wide, and why: μP keeps the LR (what μP is for); SP moves it along
-    the drift `transfer` fitted, or keeps it with a warning when there is none."""
+             source: str, n_embd: int) -> tuple[float, str]:
+    """The peak LR for the swept model made n_embd wide, from `lr` at the swept width (`source` says whose: the trial's,
+    or the horizon fit's), and why: μP keeps it (what μP is for); SP moves it along the drift `transfer` fitted, or
+    keeps it with a warning when there is none."""
     swept = study.user_attrs.get(MODEL_ATTR) or dataclasses.asdict(recipe.train.model)  # as the study trained it
     width = swept["n_embd"]
     if swept.get("parametrization", "sp") == "mup":
-        return lr, f"μP: the width-{width} trial's lr as is"
+        return lr, f"{source} at width {width}, kept as is at width {n_embd}: μP"
     name = transfer_study(recipe.name, "sp")
     summary = next((s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
                     if s.study_name == name), None)
     law = summary.user_attrs.get("law") if summary else None
     if law is None:
-        return lr, (f"SP without a drift fit ({name}: run `sweep transfer --parametrization sp` first): the width-"
-                    f"{width} trial's lr as is, though SP's best lr moves with width")
+        return lr, (f"{source} at width {width}, unchanged: SP without a drift fit ({name}; run `sweep transfer "
+                    "--parametrization sp` first), though SP's best lr moves with width")
     slope = law["exponent"]
     return lr * (n_embd / width) ** slope, (
-        f"SP: the width-{width} lr {lr:.3g} x ({n_embd}/{width})^{slope:.3f}, the drift `transfer` fitted")
+        f"{source} {lr:.3g} at width {width} x ({n_embd}/{width})^{slope:.3f}, the SP drift `transfer` fitted")
 
 
 def _finite_or_none(value: float) -> float | None:

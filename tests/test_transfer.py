@@ -59,7 +59,7 @@ def test_transfer_sweeps_the_same_grid_per_width_and_stores_the_fit(data, tmp_pa
                  "--n-embd", "64", "--dry-run"]) == 0
     plan = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "width 64 (1 layers, 2 heads, μP, base width 16)" in plan
-    assert f"peak lr {best.params['lr']:.3g} (μP: the width-16 trial's lr as is)" in plan
+    assert f"peak lr {best.params['lr']:.3g} (the trial's lr at width 16, kept as is at width 64: μP)" in plan
     assert "promote-" in plan and "-w64" in plan
     assert "scaled to width 64 by FLOPs per token" in plan  # the time estimate is the wider model's
 
@@ -83,7 +83,8 @@ def test_sp_promote_moves_the_lr_along_the_fitted_drift(data, tmp_path, monkeypa
                key=lambda t: t.value)
     assert fit["slope"] is not None  # at least two widths have their bottom inside the range
     expected = best.params["lr"] * 8 ** fit["slope"]
-    assert f"peak lr {expected:.3g} (SP: the width-16 lr" in plan and "the drift `transfer` fitted" in plan
+    assert f"peak lr {expected:.3g} (the trial's lr {best.params['lr']:.3g} at width 16 x (128/16)^" in plan
+    assert "the SP drift `transfer` fitted" in plan
 
     # The SP study promoted with a μP recipe is refused by name, even with --force.
     mup = _study(tmp_path, data, "tiny-mup.yaml", parametrization="mup")
@@ -99,12 +100,12 @@ def test_sp_without_a_transfer_fit_keeps_the_lr_and_says_why(data, tmp_path):
     storage = optuna.storages.InMemoryStorage()
     swept = optuna.create_study(study_name="tiny-20", storage=storage)
     swept.set_user_attr("model", {"n_embd": 16, "parametrization": "sp"})
-    lr, why = width_lr(storage=storage, study=swept, recipe=recipe, lr=1e-2, n_embd=64)
-    assert lr == 1e-2 and why.startswith("SP without a drift fit (tiny-transfer-sp")
+    lr, why = width_lr(storage=storage, study=swept, recipe=recipe, lr=1e-2, source="the trial's lr", n_embd=64)
+    assert lr == 1e-2 and why.startswith("the trial's lr at width 16, unchanged: SP without a drift fit (tiny-transfer-sp")
     mup = optuna.create_study(study_name="tiny-mup-20", storage=storage)
     mup.set_user_attr("model", {"n_embd": 16, "parametrization": "mup", "mup_base_width": 16})
-    assert width_lr(storage=storage, study=mup, recipe=recipe, lr=1e-2, n_embd=64) == (
-        1e-2, "μP: the width-16 trial's lr as is")
+    assert width_lr(storage=storage, study=mup, recipe=recipe, lr=1e-2, source="the trial's lr", n_embd=64) == (
+        1e-2, "the trial's lr at width 16, kept as is at width 64: μP")
 
 
 @pytest.mark.parametrize("widths, named", [("16,33", "--widths 33 must be a multiple of model.n_head=2"),
@@ -128,3 +129,18 @@ def test_promote_at_a_width_the_heads_do_not_divide_exits_2(data, tmp_path, monk
                  "--n-embd", "33", "--dry-run"]) == 2
     assert "--n-embd 33 must be a multiple of model.n_head=2" in capsys.readouterr().err
     assert math.isfinite(load("t.log", "tiny-transfer-mup").user_attrs["best_lr"]["16"])
+
+
+def test_promote_at_a_wider_width_composes_with_the_horizon_fit(data, tmp_path, monkeypatch, capsys):
+    """--lr-from horizon carries the proxy's LR to the run's length; --n-embd then carries it across width (μP: as is)."""
+    monkeypatch.chdir(tmp_path)
+    study = _study(tmp_path, data, "tiny.yaml", parametrization="mup")
+    assert main(["horizon", "--study", str(study), "--steps", "10,20", "--storage", "h.log", "--grid-points", "4",
+                 "--lr-max", "3", "--pruner", "none", "--warmup", "0", "-q"]) == 0
+    fit = load("h.log", "tiny-horizon").user_attrs
+    capsys.readouterr()
+    assert main(["promote", "best", "--study", str(study), "--steps", "20", "--storage", "h.log", "--lr-from", "horizon",
+                 "--n-embd", "64", "--dry-run"]) == 0
+    plan = " ".join(capsys.readouterr().out.split())
+    assert f"peak lr {fit['extrapolated_lr']:.3g} (the lr extrapolated by `sweep horizon` at width 16, kept as is at " \
+           "width 64: μP)" in plan
