@@ -56,6 +56,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -136,6 +146,7 @@ def _check_range_flags(args, *, prefix: str) -> None:
 
 def _add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
     from sweep.components import PRUNERS, SAMPLERS
+    from sweep.workers import DEFAULT_MAX_RETRIES
 
     parser.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
     parser.add_argument("--trials", type=_positive_int,
@@ -168,6 +179,9 @@ def _add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
     parser.add_argument("--heartbeat", type=_positive_float, default=10.0, help="seconds between a running trial's heartbeats")
     parser.add_argument("--grace", type=_positive_float, default=60.0,
                         help="seconds without a heartbeat after which a trial's worker counts as dead and the trial is retried")
+    parser.add_argument("--max-retries", type=_non_negative_int, default=DEFAULT_MAX_RETRIES,
+                        help="retries of a trial whose worker died or whose storage failed, before it stays FAIL "
+                        f"(default {DEFAULT_MAX_RETRIES})")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
 
 
@@ -403,7 +417,7 @@ def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | No
         branches=BranchStore(args.runs.branches(recipe.name)) if args.schedule == "wsd" else None,
         guard_rules=args.guard,
     )
-    make_sampler(args.sampler, seed=0, n_finished=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
+    make_sampler(args.sampler, seed=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
     make_pruner(args.pruner, steps=steps, warmup_steps=0)
     check_url(args.storage)
     if args.workers > 1 and scheme(args.storage) == "sqlite":
@@ -439,7 +453,7 @@ def _run_sweep(args, console: "Console", plan):
             grid_points=args.grid_points,
             view=view,
             runs=args.runs,
-            liveness=Liveness(interval=args.heartbeat, grace=args.grace),
+            liveness=Liveness(interval=args.heartbeat, grace=args.grace, max_retries=args.max_retries),
             workers=args.workers,
             worker_argv=_without_workers(args.argv),
             worker_index=args.worker_index,

@@ -12,6 +12,8 @@ from train_core.errors import InputError
 if TYPE_CHECKING:  # the CLI lists SAMPLERS and PRUNERS in --help, which must not wait for Optuna to import
     import optuna
 
+    from sweep.sampling import TrialSeededSampler
+
 SAMPLERS = ("tpe", "gp", "random", "grid")
 PRUNERS = ("median", "asha", "hyperband", "none")
 
@@ -23,23 +25,30 @@ def lr_grid(*, lr_min: float, lr_max: float, points: int, anchor_lr: float) -> l
 
 
 def make_sampler(
-    name: str, *, seed: int, n_finished: int, worker: int, n_startup_trials: int, grid: dict[str, list] | None = None
-) -> optuna.samplers.BaseSampler:
-    """A seeded sampler. The seed is mixed with the number of finished trials, so that a continued study does not
-    replay the proposals of its first session (optuna#3255), and with the worker, so that workers sharing a study
-    do not propose the same trials."""
+    name: str, *, seed: int, worker: int, n_startup_trials: int, grid: dict[str, list] | None = None
+) -> TrialSeededSampler:
+    """A sampler seeded anew for every trial from the study's seed, the trial's number and the worker's index (0
+    unless --worker-index names one), so that a restarted sweep proposes for trial N what the uninterrupted sweep
+    would have: neither a replay of its first proposals (optuna#3255) nor, as with a process id in the seed,
+    something else."""
+    if name not in SAMPLERS:
+        raise InputError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+
     import optuna
 
-    seed = ((seed * 1_000_003 + n_finished) * 7_919 + worker) % 2**32
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
+    from sweep.sampling import TrialSeededSampler
+
+    def build(trial_seed: int) -> optuna.samplers.BaseSampler:
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=trial_seed, n_startup_trials=n_startup_trials)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=trial_seed, n_startup_trials=n_startup_trials)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=trial_seed)
+        # The grid's seed shuffles the points that trials name by index: one order for every trial and every worker.
         return optuna.samplers.GridSampler(grid, seed=seed)
-    raise InputError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+
+    return TrialSeededSampler(build, seed=(seed * 7_919 + worker) % 2**32)
 
 
 PRUNE_FROM = 0.25  # of the run: the first step at which trials are compared (see `sweep audit`)

@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 import signal
 import time
 from contextlib import nullcontext
@@ -146,11 +145,6 @@ def open_study(
                 f"study {study_name} in {mask(storage_url)} was run with another search space ({_diff(saved, space)}); "
                 "pass another --study-name to start a new study"
             )
-    n_finished = len(existing.get_trials(deepcopy=False, states=FINISHED)) if existing else 0
-    if worker_index is None:
-        # Unnamed workers that join a running study get a salt of their own; a lone worker stays reproducible.
-        running = existing is not None and existing.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        worker_index = os.getpid() if running else 0
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
@@ -159,8 +153,7 @@ def open_study(
         sampler=make_sampler(
             sampler,
             seed=plan.seed,
-            n_finished=n_finished,
-            worker=worker_index,
+            worker=worker_index or 0,
             n_startup_trials=startup_trials(trials),
             grid=grid,
         ),
@@ -209,12 +202,12 @@ def run_trials(
         while not failures.stopped and (deadline is None or time.monotonic() < deadline):
             interrupts.check()
             check_study_exists(storage_url, study.study_name)
-            reap_dead_trials(study, storage=storage, grace=liveness.grace)
+            reap_dead_trials(study, storage=storage, grace=liveness.grace, max_retries=liveness.max_retries)
             budget = Budget.of(study, total=trials)
             if budget.done:
                 break
             # GridSampler stops a study whose grid is exhausted, but that stop only ends the current optimize() call.
-            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+            if study.sampler.is_exhausted(study):
                 break
             if not budget.may_start:
                 interrupts.wait(liveness.interval)  # other workers' trials fill the budget; wait for them to end or die

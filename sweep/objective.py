@@ -23,11 +23,12 @@ from sweep.branches import BranchStore
 from sweep.components import pruning_start
 from sweep.recipe import Recipe, WarmupSpec, WarmupSteps, run_config
 from sweep.stability import StabilityGuard, recovery_window
+from sweep.storage import StorageFault
 from sweep.view import SweepView
 from sweep.width import at_width
-from sweep.workers import STORAGE_FAULT, Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root, trial_id
+from sweep.workers import STORAGE_FAULT, Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root, retries, trial_id
 from train_core.config import TrainConfig
-from train_core.errors import FaultError, InputError
+from train_core.errors import InputError
 from train_core.trainer import StepMetrics, TrainResult, device_label, resolve_device, train
 
 PLAN_ATTR = "search_space"  # the study user attr that keeps TrialPlan.to_study_attr()
@@ -255,16 +256,19 @@ class Objective:
         started = time.perf_counter()
         try:
             with Heartbeat(self.storage, self.trial_id, interval=self.liveness.interval):
-                return train(config, out_dir=out_dir, callback=reporter)
+                return train(config, out_dir=out_dir, callback=reporter, callback_state=reporter.guard)
         except KeyboardInterrupt:
             fail_reason = "interrupted"
             # The next run of the same command picks this up first and resumes from the trial's checkpoint.
-            enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs)
+            enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs,
+                          counts=False)
             raise
-        except FaultError as error:
+        except StorageFault as error:
             # The storage failed, not the trial: queue it again, like a dead worker's, to resume from its checkpoint.
             fail_reason = f"{STORAGE_FAULT}: {error}"
-            enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs)
+            if retries(trial.user_attrs) < self.liveness.max_retries:
+                enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs,
+                              counts=True)
             raise
         except Exception as error:
             fail_reason = f"{error.__class__.__name__}: {error}"
@@ -330,7 +334,8 @@ def _finished_twin(trial: optuna.Trial) -> FrozenTrial | None:
 def _reuse(trial: optuna.Trial, twin: FrozenTrial) -> float:
     trial.set_user_attr("duplicate_of", twin.number)
     for key, value in twin.user_attrs.items():
-        if key not in ("anchor", "retry_of", "resume_trial", "resumed_at_step", "branched_from_step", "duplicate_of"):
+        if key not in ("anchor", "retry_of", "resume_trial", "resumed_at_step", "branched_from_step", "duplicate_of",
+                       "retries"):
             trial.set_user_attr(key, value)
     if twin.state == TrialState.PRUNED:
         raise optuna.TrialPruned(twin.user_attrs.get("prune_reason", f"as trial {twin.number}"))

@@ -17,6 +17,7 @@ the first rule, for studies whose complete curves `sweep audit` replays offline;
 so the losses reported to the pruner do not depend on the rules.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -65,6 +66,17 @@ class StabilityGuard:
         if self.rules not in GUARD_RULES:
             raise ValueError(f"rules must be one of {', '.join(GUARD_RULES)}, got {self.rules!r}")
 
+    def state_dict(self) -> dict:
+        """What the guard has seen, as plain values: a resumed trial's checkpoint restores it (load_state_dict), so
+        that the trial reports the smoothed loss the uninterrupted trial would have reported."""
+        state = {name: getattr(self, name) for name in _STATE}
+        return state | {name: dataclasses.asdict(state[name]) for name in _EXCURSIONS if state[name] is not None}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in _STATE:
+            value = state[name]
+            setattr(self, name, _Excursion(**value) if name in _EXCURSIONS and value is not None else value)
+
     def check(self, metrics: "StepMetrics") -> str | None:
         """The reason to stop this run now, or None. Call once per optimizer step, in order."""
         loss, norm, step = metrics.loss, metrics.grad_norm, metrics.step
@@ -112,6 +124,10 @@ class StabilityGuard:
 
     def _debias(self) -> float:
         return 1 - self.smoothing**self._seen
+
+
+_EXCURSIONS = ("_loss_spike", "_norm_spike")
+_STATE = ("_loss_trend", "_log_norm_trend", "_seen", *_EXCURSIONS, "_diverged_since")
 
 
 def _follow(spike: _Excursion | None, step: int, value: float, trend: float, above: bool) -> _Excursion | None:

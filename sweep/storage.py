@@ -144,6 +144,10 @@ def _with_driver(url: str, kind: str) -> str:
     return "postgresql+psycopg2" + url[len(kind):]
 
 
+class StorageFault(FaultError):
+    """The storage failed under a running trial: a fault of the storage, not of the trial, which is queued again."""
+
+
 # Waits before the retries of a storage call that lost its connection: about 45 s in all, which covers a server
 # restart or a failover; a storage down for longer is a fault the run cannot survive.
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0)
@@ -186,7 +190,7 @@ def _retrying(name: str):
                 if not is_connection_loss(error):
                     raise
                 if delay is None:
-                    raise FaultError(
+                    raise StorageFault(
                         f"storage {self.label} lost its connection and did not come back within "
                         f"{sum(RETRY_DELAYS_S):.0f}s ({describe(root_cause(error))}); a trial left RUNNING is retried "
                         "from its checkpoint when the command runs again"

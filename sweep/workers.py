@@ -30,12 +30,14 @@ HEARTBEAT_ATTR = "sweep:heartbeat"
 DIED = "worker died"  # how a reaped trial's fail_reason starts
 STORAGE_FAULT = "storage fault"  # how the fail_reason starts of a trial that could not write to its storage
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+DEFAULT_MAX_RETRIES = 3  # a trial that kills its worker every time (out of memory, say) must not be retried forever
 
 
 @dataclass(frozen=True, kw_only=True)
 class Liveness:
     interval: float = 10.0  # seconds between heartbeats
     grace: float = 60.0  # a RUNNING trial silent this long belongs to a dead worker
+    max_retries: int = DEFAULT_MAX_RETRIES  # retries of a trial that keeps dying (or losing its storage)
 
     def __post_init__(self):
         if not 0 < self.interval < self.grace:
@@ -131,10 +133,16 @@ def trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: 
 
 
 def reap_dead_trials(
-    study: optuna.Study, *, storage: optuna.storages.BaseStorage, grace: float, clock: Callable[[], float] = time.time
+    study: optuna.Study,
+    *,
+    storage: optuna.storages.BaseStorage,
+    grace: float,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    clock: Callable[[], float] = time.time,
 ) -> list[int]:
     """Fail the RUNNING trials nobody has stamped for `grace` seconds (by `clock`, wall time) and enqueue their
-    retries; their numbers. `storage` is the study's, as opened."""
+    retries, unless a trial was retried max_retries times already: then it stays FAIL, with the reason. The numbers
+    of the trials reaped. `storage` is the study's, as opened."""
     now = clock()
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -142,16 +150,28 @@ def reap_dead_trials(
         if silent < grace:
             continue
         dead = trial_id(storage, study, trial.number)
+        retry = retries(trial.user_attrs) < max_retries
+        reason = f"{DIED}: no heartbeat for {silent:.0f}s" + ("" if retry else _given_up(trial.user_attrs))
         try:
-            storage.set_trial_user_attr(dead, "fail_reason", f"{DIED}: no heartbeat for {silent:.0f}s")
+            storage.set_trial_user_attr(dead, "fail_reason", reason)
             storage.set_trial_state_values(dead, TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue  # finished meanwhile, or another worker reaped it first
-        # A retry that died before its objective suggested anything holds its params only as the enqueued ones.
-        params = trial.system_attrs.get("fixed_params", {}) | trial.params
-        enqueue_retry(study, number=trial.number, params=params, user_attrs=trial.user_attrs)
+        if retry:
+            # A retry that died before its objective suggested anything holds its params only as the enqueued ones.
+            params = trial.system_attrs.get("fixed_params", {}) | trial.params
+            enqueue_retry(study, number=trial.number, params=params, user_attrs=trial.user_attrs, counts=True)
         reaped.append(trial.number)
     return reaped
+
+
+def retries(user_attrs: dict) -> int:
+    """How often this trial's work was retried after its worker died or its storage failed (interrupts not counted)."""
+    return int(user_attrs.get("retries", 0))
+
+
+def _given_up(user_attrs: dict) -> str:
+    return f"; not retried again: it was retried {retries(user_attrs)} times (--max-retries)"
 
 
 def was_reaped(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
@@ -160,9 +180,11 @@ def was_reaped(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
     return trial.state == TrialState.FAIL and str(trial.user_attrs.get("fail_reason", "")).startswith(DIED)
 
 
-def enqueue_retry(study: optuna.Study, *, number: int, params: dict, user_attrs: dict) -> None:
-    """A new trial with trial `number`'s params that continues it from its checkpoint folder."""
-    attrs = {"retry_of": number, "resume_trial": resume_root(number, user_attrs)}
+def enqueue_retry(study: optuna.Study, *, number: int, params: dict, user_attrs: dict, counts: bool) -> None:
+    """A new trial with trial `number`'s params that continues it from its checkpoint folder. counts: whether this
+    retry counts towards --max-retries (a dead worker, a failed storage: yes; an interrupt asked for: no)."""
+    attrs = {"retry_of": number, "resume_trial": resume_root(number, user_attrs),
+             "retries": retries(user_attrs) + counts}
     if user_attrs.get("anchor"):
         attrs["anchor"] = True
     study.enqueue_trial(params, user_attrs=attrs)

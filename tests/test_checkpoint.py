@@ -1,9 +1,12 @@
 """CheckpointManager: atomic writes, keep-last-K pruning, weights-only loading with fallback, best.pt and DONE."""
 
+import re
+
 import pytest
 import torch
 
 from train_core.checkpoint import CheckpointManager
+from train_core.errors import FaultError
 from train_core.trainer import train
 
 
@@ -78,7 +81,33 @@ def test_arbitrary_python_objects_are_not_unpickled(tmp_path):
 def test_file_without_the_required_keys_is_unreadable(tmp_path):
     torch.save({"model": {}}, tmp_path / "step-00000001.pt")
     with pytest.warns(UserWarning, match=r"missing keys \['optimizer', 'config', 'step'\]"):
-        assert CheckpointManager(tmp_path).load_latest() is None
+        with pytest.raises(FaultError, match="nothing to resume from"):  # never a silent restart from step 0
+            CheckpointManager(tmp_path).load_latest()
+
+
+def test_with_every_step_file_unreadable_the_intact_best_is_resumed_from_with_a_warning(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    manager.save_best(_state(3, value=3.0))
+    for step in (4, 6):
+        manager.save(_state(step), step=step)
+        path = tmp_path / f"step-{step:08d}.pt"
+        path.write_bytes(path.read_bytes()[:20])  # torn
+
+    with pytest.warns(UserWarning, match=r"every step checkpoint in .* is unreadable .*resuming from best.pt at step 3"):
+        state = manager.load_latest()
+    assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.full((2,), 3.0))
+
+
+def test_with_every_checkpoint_unreadable_resuming_stops_with_one_line_instead_of_starting_over(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    manager.save(_state(4), step=4)
+    (tmp_path / "step-00000004.pt").write_bytes(b"torn")
+    (tmp_path / "best.pt").write_bytes(b"torn too")
+
+    with pytest.warns(UserWarning), pytest.raises(FaultError) as refused:
+        manager.load_latest()
+    assert "\n" not in str(refused.value)
+    assert re.search(r"\(step-00000004.pt: \w+; best.pt: \w+\): nothing to resume from", str(refused.value))
 
 
 def test_best_round_trips_and_is_none_before_any_save(tmp_path):

@@ -219,6 +219,17 @@ def test_study_continues_to_trials_and_never_past_them(study, storage_name):
     assert len(load(storage_name).get_trials()) == 4
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_study_continued_by_a_new_process_proposes_what_the_uninterrupted_one_did(study, tmp_path, sampler):
+    whole, restarted = str(tmp_path / "whole.log"), str(tmp_path / "restarted.log")
+    args = ("--sampler", sampler, "--pruner", "none")
+    assert run_lr(study, whole, "--trials", "4", *args) == 0
+    assert run_lr(study, restarted, "--trials", "2", *args) == 0  # the first session stops (or is killed) here
+    assert run_lr(study, restarted, "--trials", "4", *args) == 0
+
+    assert [t.params for t in load(restarted).get_trials()] == [t.params for t in load(whole).get_trials()]
+
+
 def test_trials_are_paired_same_data_and_init(study, tmp_path):
     """Two trials of one study with the same LR and warmup see the same batches from the same initial weights, so
     they end at exactly the same loss: differences between trials come from the hyperparameters alone."""

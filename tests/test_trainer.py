@@ -13,6 +13,7 @@ from train_core.checkpoint import CheckpointManager
 from train_core.data import TokenData, write_nanogpt_bin
 from train_core.errors import InputError
 from train_core.model import GPT
+from train_core.peak import MachinePeak, measure_peak_flops
 from train_core.tokenizer import gpt2_encoding
 from train_core.trainer import build_model, evaluate, make_optimizer, setup_run, train, train_step
 
@@ -184,6 +185,72 @@ def test_resume_restores_the_random_state_dropout_draws_from(make_config, tmp_pa
     assert set(CheckpointManager(tmp_path / "run").load_latest()["rng"]) == {"cpu"}  # no CUDA generator here
     resumed = train(config, out_dir=tmp_path / "run")
     assert resumed.losses == uninterrupted.losses[4:]  # bitwise
+
+
+def test_resume_with_dropout_is_bitwise_exact_when_the_resumed_run_measures_the_machine_peak(
+    make_config, tmp_path, monkeypatch
+):
+    config = make_config(model={"dropout": 0.2}, peak_flops=None, schedule={"max_steps": 10}, checkpoint={"interval": 4})
+    measure_at = {"path": tmp_path / "peak-a.json"}
+    load = MachinePeak.load.__func__
+    monkeypatch.setattr(MachinePeak, "load", classmethod(lambda cls, d, t: load(cls, d, t, path=measure_at["path"])))
+    uninterrupted = train(config)
+
+    train(config, out_dir=tmp_path / "run", callback=_stop_after(3))
+    measure_at["path"] = tmp_path / "peak-b.json"  # another machine's first run: it measures after restoring the RNG
+    resumed = train(config, out_dir=tmp_path / "run")
+
+    assert resumed.losses == uninterrupted.losses[4:]  # bitwise: the dropout masks are the uninterrupted run's
+
+
+def test_measuring_the_machine_peak_leaves_the_global_rng_alone():
+    before = torch.get_rng_state()
+    measure_peak_flops(torch.device("cpu"), torch.float32, bursts=1)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+class _RunningMean:
+    """A callback with state of its own, like the sweep's loss smoother."""
+
+    def __init__(self):
+        self.total, self.seen, self.means = 0.0, 0, []
+
+    def __call__(self, metrics):
+        self.total, self.seen = self.total + metrics.loss, self.seen + 1
+        self.means.append(self.total / self.seen)
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "seen": self.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.seen = state["total"], state["seen"]
+
+
+def test_the_callbacks_state_resumes_with_the_run(make_config, tmp_path):
+    config = make_config(schedule={"max_steps": 10}, checkpoint={"interval": 4})
+    whole = _RunningMean()
+    train(config, callback=whole, callback_state=whole)
+
+    first = _RunningMean()
+    train(config, out_dir=tmp_path / "run", callback=lambda m: first(m) or m.step == 3, callback_state=first)
+    resumed = _RunningMean()
+    train(config, out_dir=tmp_path / "run", callback=resumed, callback_state=resumed)
+
+    assert first.means + resumed.means == whole.means  # what the uninterrupted callback said, step for step
+
+
+def test_with_both_step_checkpoints_torn_the_run_resumes_from_best_and_says_so(make_config, tmp_path):
+    config = make_config(schedule={"max_steps": 10}, checkpoint={"interval": 2}, eval={"interval": 4})
+    uninterrupted = train(config)
+    train(config, out_dir=tmp_path / "run", callback=_stop_after(5))  # step-4 and step-6, best.pt at step 4
+    for path in CheckpointManager(tmp_path / "run").step_files():
+        path.write_bytes(path.read_bytes()[:100])
+
+    steps = []
+    with pytest.warns(UserWarning, match="resuming from best.pt at step 4"):
+        resumed = train(config, out_dir=tmp_path / "run", callback=lambda m: steps.append(m.step))
+    assert steps[0] == 4  # not step 0
+    assert resumed.losses == uninterrupted.losses[4:]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])

@@ -100,7 +100,19 @@ def test_silent_running_trial_is_failed_and_retried_with_its_params(journal, sto
     assert DIED.match(dead.user_attrs["fail_reason"]), dead.user_attrs
     assert retry.state == TrialState.WAITING
     assert retry.system_attrs["fixed_params"] == trial.params  # an enqueued trial's params, until it runs
-    assert retry.user_attrs == {"retry_of": 0, "resume_trial": 0, "anchor": True}  # the anchor stays the anchor
+    assert retry.user_attrs == {"retry_of": 0, "resume_trial": 0, "retries": 1, "anchor": True}  # still the anchor
+
+
+def test_a_trial_that_died_max_retries_times_stays_failed_with_the_reason(journal, storage):
+    running_trial(journal, retry_of=5, resume_trial=2, retries=3)  # the third retry of trial 2, dying again
+
+    later = time.time() + 2 * GRACE
+    assert reap_dead_trials(journal, storage=storage, grace=GRACE, max_retries=3, clock=lambda: later) == [0]
+
+    (dead,) = journal.get_trials()  # and no retry queued
+    assert dead.state == TrialState.FAIL
+    assert re.fullmatch(r"worker died: no heartbeat for \d+s; not retried again: it was retried 3 times \(--max-retries\)",
+                        dead.user_attrs["fail_reason"]), dead.user_attrs
 
 
 def test_trial_with_a_live_heartbeat_is_not_reaped_until_it_stops(journal, storage):
@@ -158,7 +170,7 @@ def test_a_retry_that_died_before_suggesting_is_retried_with_the_same_params_and
     assert reap_later(journal, storage) == [1]
 
     second = by_number(journal)[2]
-    assert second.user_attrs == {"retry_of": 1, "resume_trial": 0}
+    assert second.user_attrs == {"retry_of": 1, "resume_trial": 0, "retries": 2}
     assert second.system_attrs["fixed_params"] == by_number(journal)[0].params
 
 
@@ -227,6 +239,9 @@ def test_retry_of_a_killed_trial_resumes_from_its_checkpoint_and_matches_an_unin
     assert resumed > 0 and resumed % CKPT_EVERY == 0
     assert resumed <= max(dead.intermediate_values) + 1  # from the dead trial's own last checkpoint
     assert retry.value == reference.value  # bit for bit: the kill cost time, not a different result
+    # It reports what the uninterrupted trial reported (the smoothed loss carries on from the checkpoint), so the
+    # pruner judges it as it would have judged that one.
+    assert retry.intermediate_values == {s: v for s, v in reference.intermediate_values.items() if s >= resumed}
     assert not folder.exists()  # checkpoints are removed once the trial finished
 
 

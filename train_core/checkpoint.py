@@ -6,7 +6,8 @@ On disk, in one folder:
     stable-00001600.pt a WSD run's state where its cool-down starts, which longer runs can start from
     DONE               JSON summary, written when the run finished
 A save goes to a temporary name, is fsync'ed, then renamed into place, so a reader sees a whole file or none.
-A file that still fails to load (a torn disk, a copy cut short) is skipped with a warning for the one before it.
+A file that still fails to load (a torn disk, a copy cut short) is skipped with a warning for the one before it, and
+best.pt when no step file loads; with none loadable, resuming stops with a FaultError instead of starting over.
 """
 
 import json
@@ -18,6 +19,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from train_core.errors import FaultError
 from train_core.files import atomic_write, atomic_write_bytes
 
 STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
@@ -82,20 +84,35 @@ class CheckpointManager:
         return sorted(p for p in self.folder.iterdir() if STEP_FILE.match(p.name))
 
     def load_latest(self, *, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-        """The newest step checkpoint that loads, else best.pt when it loads; None when there is none."""
-        for path in [*reversed(self.step_files()), self.folder / BEST_FILE]:
-            if not path.exists():
-                continue
+        """The newest step checkpoint that loads, else best.pt (a whole state too, only older); None when the folder
+        holds neither.
+
+        A run that falls back to best.pt because its step checkpoints are unreadable is warned that it does; with
+        nothing readable at all, a FaultError: progress is never thrown away without a word by starting from step 0.
+        """
+        unreadable = []
+        for path in reversed(self.step_files()):
             try:
-                state = torch.load(path, map_location=map_location, weights_only=True)
-                missing = [k for k in REQUIRED_KEYS if k not in state]
-                if missing:
-                    raise ValueError(f"missing keys {missing}")
-                return state
+                return _load_state(path, map_location)
             except Exception as error:  # any unreadable file means: fall back to the previous one
+                unreadable.append(f"{path.name}: {error.__class__.__name__}")
                 warnings.warn(f"checkpoint {path} is unreadable ({error.__class__.__name__}: {error}); "
                               "falling back to the previous one", stacklevel=2)
-        return None
+        best = self.folder / BEST_FILE
+        if not unreadable and not best.exists():
+            return None
+        try:
+            state = _load_state(best, map_location)
+        except Exception as error:
+            raise FaultError(
+                f"every checkpoint in {self.folder} is unreadable ({'; '.join([*unreadable, ''])}{BEST_FILE}: "
+                f"{'missing' if not best.exists() else error.__class__.__name__}): nothing to resume from; move the "
+                "folder away to start over from step 0"
+            ) from None
+        if unreadable:
+            warnings.warn(f"every step checkpoint in {self.folder} is unreadable ({'; '.join(unreadable)}): resuming "
+                          f"from {BEST_FILE} at step {state['step']}", stacklevel=2)
+        return state
 
     def load_best(self, *, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         path = self.folder / BEST_FILE
@@ -108,6 +125,14 @@ class CheckpointManager:
         """The DONE marker's summary if the run finished, else None."""
         path = self.folder / DONE_FILE
         return json.loads(path.read_text()) if path.exists() else None
+
+
+def _load_state(path: Path, map_location) -> dict[str, Any]:
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"missing keys {missing}")
+    return state
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:

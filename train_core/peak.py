@@ -39,8 +39,11 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, *, bursts: int 
     """The best of `bursts` short matmul bursts: a burst that another process interrupts reads low, the best one
     is the closest to what this device can do."""
     n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # A generator of its own: drawing from the global one would shift a resumed run's dropout masks off the
+    # uninterrupted run's, since a run measures after it restored its RNG state.
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     for _ in range(2):
         a @ b
     best = 0.0

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol
 
 import torch
 import torch.distributed as dist
@@ -34,6 +34,17 @@ from train_core.peak import MachinePeak
 
 # Sections of the config that change the numbers a run produces; a checkpoint only resumes a run that agrees on them.
 RESUME_SECTIONS = ("model", "data", "batch", "schedule", "optimizer", "seed")
+
+
+CALLBACK_KEY = "callback"  # a checkpoint's entry for train()'s callback_state
+
+
+class Stateful(Protocol):
+    """State that goes into checkpoints as plain values (numbers, strings, None, lists and dicts of them)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -155,10 +166,16 @@ def train(
     *,
     out_dir: Path | None = None,
     callback: Callable[[StepMetrics], bool | None] | None = None,
+    callback_state: Stateful | None = None,
 ) -> TrainResult:
-    """Run `config` to schedule.max_steps (or until callback returns True), checkpointing into out_dir if given."""
+    """Run `config` to schedule.max_steps (or until callback returns True), checkpointing into out_dir if given.
+
+    callback_state is the callback's own state (a loss smoother, say): saved in every checkpoint and restored on
+    resume, so that a resumed run's callback sees and says what the uninterrupted run's would have.
+    """
     with _process_group(config) as (rank, world_size):
-        return _train(config, out_dir=out_dir, callback=callback, rank=rank, world_size=world_size)
+        return _train(config, out_dir=out_dir, callback=callback, callback_state=callback_state, rank=rank,
+                      world_size=world_size)
 
 
 def _train(
@@ -166,6 +183,7 @@ def _train(
     *,
     out_dir: Path | None,
     callback: Callable[[StepMetrics], bool | None] | None,
+    callback_state: Stateful | None,
     rank: int,
     world_size: int,
 ) -> TrainResult:
@@ -174,7 +192,7 @@ def _train(
         check_resumable(done["config"], config, out_dir)
         return TrainResult(**done["result"])  # finished earlier: nothing to do
 
-    run = setup_run(config, checkpoints=checkpoints, rank=rank, world_size=world_size)
+    run = setup_run(config, checkpoints=checkpoints, rank=rank, world_size=world_size, callback_state=callback_state)
     max_steps = config.schedule.max_steps
     status, steps_done, steps, val_loss = "completed", run.start_step, [], None
     for step in range(run.start_step, max_steps):
@@ -228,6 +246,7 @@ class Run:
     flops_per_token: int
     start_step: int  # the step a resumed run continues from; 0 for a fresh one
     best_val_loss: float | None
+    callback_state: Stateful | None = None  # see train(); saved with every checkpoint
 
     @property
     def is_main(self) -> bool:
@@ -257,7 +276,14 @@ class StepTaken:
         return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
 
 
-def setup_run(config: TrainConfig, *, checkpoints: CheckpointManager | None, rank: int, world_size: int) -> Run:
+def setup_run(
+    config: TrainConfig,
+    *,
+    checkpoints: CheckpointManager | None,
+    rank: int,
+    world_size: int,
+    callback_state: Stateful | None = None,
+) -> Run:
     """Data, model and optimizer for `config`, resumed from the newest good checkpoint when there is one."""
     device = resolve_device(config.device)
     if device.type == "cuda":
@@ -274,6 +300,8 @@ def setup_run(config: TrainConfig, *, checkpoints: CheckpointManager | None, ran
         check_resumable(state["config"], config, checkpoints.folder, step=state["step"])
         restore(state, model=raw_model, optimizer=optimizer, device=device)
         start_step, best_val_loss = state["step"], state["best_val_loss"]
+        if callback_state is not None and CALLBACK_KEY in state:
+            callback_state.load_state_dict(state[CALLBACK_KEY])
 
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -290,6 +318,7 @@ def setup_run(config: TrainConfig, *, checkpoints: CheckpointManager | None, ran
         ),
         batches=batches, val_data=val_data, checkpoints=checkpoints, peak=peak,
         flops_per_token=raw_model.flops_per_token(), start_step=start_step, best_val_loss=best_val_loss,
+        callback_state=callback_state,
     )
 
 
@@ -365,7 +394,7 @@ def step_metrics(run: Run, taken: StepTaken, *, val_loss: float | None) -> StepM
 
 
 def snapshot(run: Run, *, steps_done: int) -> dict:
-    """Everything an exact resume needs: weights, optimizer, config, step, best val loss, RNG."""
+    """Everything an exact resume needs: weights, optimizer, config, step, best val loss, RNG, the callback's state."""
     rng = {"cpu": torch.get_rng_state()}
     if run.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(run.device)
@@ -376,7 +405,7 @@ def snapshot(run: Run, *, steps_done: int) -> dict:
         "step": steps_done,
         "best_val_loss": run.best_val_loss,
         "rng": rng,
-    }
+    } | ({CALLBACK_KEY: run.callback_state.state_dict()} if run.callback_state is not None else {})
 
 
 def save_checkpoints(run: Run, *, steps_done: int, new_best: bool) -> None:
