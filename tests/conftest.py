@@ -1,12 +1,11 @@
 """Shared fixtures: small token files in tmp_path and a factory for tiny TrainConfigs that train in milliseconds."""
 
-import copy
 
 import numpy as np
 import pytest
 import torch
 
-from sweep_fixtures import study_values, write_study, write_token_files
+from sweep_fixtures import merge, study_values, tiny_recipe, write_study, write_token_files
 from train_core.config import TrainConfig
 from train_core.data import write_nanogpt_bin
 
@@ -26,30 +25,20 @@ BLOCK = 16
 
 
 def _tiny_recipe(train: str, val: str) -> dict:
-    """A 2-layer, 32-wide GPT on a 256-token vocab: 4 sequences of 16 tokens per micro-step, 10 steps."""
-    return {
-        "model": {"block_size": BLOCK, "vocab_size": VOCAB, "n_layer": 2, "n_head": 2, "n_embd": 32},
-        "data": {"train": train, "val": val},
-        "batch": {"total_batch_size": 4 * BLOCK, "micro_batch_size": 4},
-        "schedule": {"max_lr": 1e-2, "warmup_steps": 2, "max_steps": 10},
-        "eval": {"interval": 4, "iters": 2},
-        "checkpoint": {"interval": 4, "keep_last": 2},
-        "seed": 0,
-        "dtype": "float32",  # explicit: emulated bf16 would be ~400x slower on a CPU without native bf16
-        "device": "cpu",
-        "peak_flops": 1e11,  # skip measuring the machine's peak in every run
-    }
-
-
-def _merge(base: dict, overrides: dict) -> dict:
-    """base with overrides applied; a dict override updates that section key by key."""
-    merged = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    """sweep_fixtures.tiny_recipe, 2 layers and 32 wide on a 256-token vocab: 4 sequences of 16 tokens per micro-step,
+    10 steps."""
+    return tiny_recipe(
+        (train, val),
+        vocab=VOCAB,
+        model={"n_layer": 2, "n_embd": 32},
+        batch={"total_batch_size": 4 * BLOCK, "micro_batch_size": 4},
+        schedule={"max_steps": 10},
+        eval={"interval": 4},
+        checkpoint={"interval": 4, "keep_last": 2},
+        seed=0,
+        dtype="float32",  # explicit: emulated bf16 would be ~400x slower on a CPU without native bf16
+        device="cpu",
+    )
 
 
 @pytest.fixture
@@ -67,7 +56,7 @@ def make_config(token_files):
     """make_config(**sections) -> a tiny TrainConfig; e.g. make_config(schedule={"max_steps": 3}, seed=1)."""
 
     def factory(**overrides) -> TrainConfig:
-        return TrainConfig.from_dict(_merge(_tiny_recipe(*token_files), overrides))
+        return TrainConfig.from_dict(merge(_tiny_recipe(*token_files), overrides))
 
     return factory
 

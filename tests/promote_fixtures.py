@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from sweep.cli import main
+from sweep_fixtures import tiny_recipe
 from sweep.storage import open_storage
 from train_core.checkpoint import STEP_FILE
 from train_core.data import write_nanogpt_bin
@@ -53,22 +54,21 @@ def write_tokens(folder: Path, *, tokens: int = 40_000, val_tokens: int = 4_000)
 
 
 def recipe_values(data: tuple[Path, Path], **search) -> dict:
-    """The tiny recipe as plain values; `search` overrides keys of its search section."""
-    train, val = data
-    return {
-        "name": "tiny",
-        "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": BLOCK, "vocab_size": VOCAB},
-        "data": {"train": str(train), "val": str(val)},
-        "batch": {"total_batch_size": TOKENS_PER_STEP, "micro_batch_size": MICRO},
-        "schedule": {"max_lr": 1e-2, "warmup_steps": 2, "max_steps": MAX_STEPS},
-        "eval": {"interval": EVAL_EVERY, "iters": 2},
-        "checkpoint": {"interval": CKPT_EVERY, "keep_last": 2},
-        "seed": 3,
-        "dtype": "float32",
-        "device": "cpu",
-        "peak_flops": 1.0e11,  # fixed, so that no run spends time measuring the machine
-        "search": {"anchor_lr": 1e-2, "lr_min": 3e-3, "lr_max": 3e-2, "warmup": [0, 2], "trials": 3} | search,
-    }
+    """The tiny recipe (sweep_fixtures.tiny_recipe) with a 64-token vocab and a 30-step full run; `search` overrides
+    keys of its search section."""
+    return tiny_recipe(
+        data,
+        vocab=VOCAB,
+        name="tiny",
+        batch={"total_batch_size": TOKENS_PER_STEP, "micro_batch_size": MICRO},
+        schedule={"max_steps": MAX_STEPS},
+        eval={"interval": EVAL_EVERY},
+        checkpoint={"interval": CKPT_EVERY, "keep_last": 2},
+        seed=3,
+        dtype="float32",
+        device="cpu",
+        search={"anchor_lr": 1e-2, "lr_min": 3e-3, "lr_max": 3e-2, "warmup": [0, 2], "trials": 3} | search,
+    )
 
 
 def write_recipe(path: Path, values: dict) -> Path:

@@ -6,6 +6,7 @@ with the 511 most frequent GPT-2 ids renumbered 0..510 and every other id mapped
 structure, and its output layer is 100x smaller than GPT-2's, which made each trial ~30x faster.
 """
 
+import copy
 import sysconfig
 from pathlib import Path
 
@@ -41,21 +42,43 @@ def write_token_files(folder: Path, *, tokens: int = 60_000, val_tokens: int = 6
     return train, val
 
 
-def study_values(data: tuple[Path, Path], **search) -> dict:
-    """The tiny study as plain values; `search` overrides keys of its search section."""
+def tiny_recipe(data: tuple[Path, Path], *, vocab: int, **sections) -> dict:
+    """The one tiny recipe every test builds on, as plain values: a 1-layer, 16-wide GPT over `vocab` tokens of the
+    token files `data`; `sections` override it (a dict updates that section key by key, e.g. schedule={...})."""
     train, val = data
-    return {
-        "name": "tiny",
-        "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "vocab_size": VOCAB},
+    base = {
+        "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "vocab_size": vocab},
         "data": {"train": str(train), "val": str(val)},
-        "batch": {"total_batch_size": 128, "micro_batch_size": 8},
-        "schedule": {"max_lr": ANCHOR_LR, "warmup_steps": 2, "max_steps": 100},
+        "schedule": {"max_lr": ANCHOR_LR, "warmup_steps": 2},
         "eval": {"iters": 2},
-        "checkpoint": {"interval": 100},
-        "peak_flops": 1.0e11,  # fixed, so that no trial spends time measuring the machine
-        "seed": 7,
-        "search": {"anchor_lr": ANCHOR_LR, "lr_min": 3e-3, "lr_max": 3e-2, "warmup": [0, 2], "trials": 4} | search,
+        "peak_flops": 1.0e11,  # fixed, so that no run spends time measuring the machine
     }
+    return merge(base, sections)
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """base with overrides applied; a dict override updates that section key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def study_values(data: tuple[Path, Path], **search) -> dict:
+    """The tiny sweep study; `search` overrides keys of its search section."""
+    return tiny_recipe(
+        data,
+        vocab=VOCAB,
+        name="tiny",
+        batch={"total_batch_size": 128, "micro_batch_size": 8},
+        schedule={"max_steps": 100},
+        checkpoint={"interval": 100},
+        seed=7,
+        search={"anchor_lr": ANCHOR_LR, "lr_min": 3e-3, "lr_max": 3e-2, "warmup": [0, 2], "trials": 4} | search,
+    )
 
 
 def write_study(path: Path, values: dict) -> Path:
