@@ -28,6 +28,8 @@ from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixtur
 from sweep.cli import main
 from sweep.journal import find_damage, tail_damage
 from sweep.storage import open_storage
+from train_core.memory import parameter_count
+from train_core.model import GPT
 
 TINY_STEPS = 5
 
@@ -218,3 +220,27 @@ def test_an_unreachable_storage_is_found_before_the_corpus_is_tokenized(data, tm
     assert code == 2
     assert "cannot open storage" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "data").exists()
+
+
+# --- a model that cannot fit ----------------------------------------------------------------------------------------
+
+
+def test_a_model_too_big_for_the_machine_is_refused_before_the_study_is_created(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    values = study_values(data)
+    values["model"]["n_embd"] = 10_000_000
+    study = write_study(tmp_path / "huge.yaml", values)
+    storage = str(tmp_path / "sweep.log")
+
+    code = run_lr(study, storage, "--trials", "3")
+
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert "n_embd=10000000" in line and "GiB" in line and "RAM" in line, line
+    assert not (tmp_path / "sweep.log").exists()  # no study, no FAIL trials
+
+
+def test_the_estimate_counts_the_parameters_the_model_has(make_config):
+    for model in ({}, {"n_layer": 3, "n_embd": 48, "bias": False}):
+        config = make_config(model=model)
+        assert parameter_count(config) == GPT(config.model).num_params(non_embedding=False)

@@ -29,6 +29,7 @@ from train_core.checkpoint import CheckpointManager
 from train_core.config import DataConfig, ScheduleConfig, TrainConfig
 from train_core.data import TokenData, TrainBatches, ensure_corpus, to_device
 from train_core.errors import InputError
+from train_core.memory import check_fits
 from train_core.model import GPT, GPTConfig
 from train_core.peak import MachinePeak
 
@@ -288,6 +289,7 @@ def setup_run(
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # else every torchrun rank would also open a context on GPU 0
+    check_fits(config, device=device)  # before anything is allocated
     autocast_dtype = resolve_dtype(config.dtype, device)
     with _rank_zero_first(world_size, rank == 0):
         train_data, val_data = open_data(config.data, vocab_size=config.model.vocab_size, progress=rank == 0)
