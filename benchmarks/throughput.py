@@ -8,9 +8,10 @@ First the machine's matmul peak: fp32 at 2048x2048, and bf16 at the largest size
 take a minute); on CUDA bf16 at 8192^2. Then, for each shape at its micro-batch of tokens per step (one micro-step
 per optimizer step) and the full GPT-2 vocab:
 
-- train_core: real optimizer steps through `train_core.train` on random-token files, ms/step from its callback;
+- train_core: real optimizer steps through `train_core.train` on random-token files, ms/step from its callback; its
+  loss is the model's default `model.loss: auto`: chunked on a CPU, full logits on CUDA;
 - plain: the same model, optimizer, batches and dtype, but nanoGPT's loss (full logits, then F.cross_entropy);
-  on CUDA with nanoGPT's pinned, non_blocking batch copies.
+  on CUDA with nanoGPT's pinned, non_blocking batch copies. On CUDA both loops now compute the loss the same way.
 
 With --compile each loop also runs compiled (`compile: true`; the plain step under torch.compile), after untimed
 warm-up steps that include the compile. Each row is the median over --steps steps after warm-up. Achieved FLOP/s =

@@ -3,6 +3,8 @@ round-trip through to_dict."""
 
 import pytest
 
+from sweep.cli import main
+from sweep_fixtures import study_values, write_study
 from train_core.config import TrainConfig
 from train_core.errors import InputError
 
@@ -72,3 +74,15 @@ def test_data_with_both_corpus_and_files_is_refused(make_config):
 def test_keep_last_below_one_is_refused(make_config):
     with pytest.raises(InputError, match="checkpoint.keep_last must be >= 1"):
         make_config(checkpoint={"keep_last": 0})
+
+
+def test_unknown_loss_path_exits_2_with_one_line_naming_the_allowed_ones(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    values = study_values(data)
+    values["model"]["loss"] = "fused"
+    study = write_study(tmp_path / "bad.yaml", values)
+    assert main(["train", "--study", str(study), "--max-steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "model.loss must be one of 'auto', 'chunked', 'full', got 'fused'" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nothing half-written

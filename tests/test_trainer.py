@@ -15,7 +15,7 @@ from train_core.errors import InputError
 from train_core.model import GPT
 from train_core.peak import MachinePeak, measure_peak_flops
 from train_core.tokenizer import gpt2_encoding
-from train_core.trainer import build_model, evaluate, make_optimizer, setup_run, train, train_step
+from train_core.trainer import build_model, check_resumable, evaluate, make_optimizer, setup_run, train, train_step
 
 CPU = torch.device("cpu")
 
@@ -289,6 +289,20 @@ def test_resuming_with_a_different_schedule_is_refused(make_config, tmp_path):
     train(make_config(), out_dir=tmp_path / "run", callback=_stop_after(3))
     with pytest.raises(InputError, match="different schedule"):
         train(make_config(schedule={"max_lr": 2e-2}), out_dir=tmp_path / "run")
+
+
+def test_the_loss_path_is_no_part_of_what_a_checkpoint_resumes(make_config, tmp_path):
+    """model.loss picks how the same loss is computed: a run stopped on one path resumes on the other, and a
+    checkpoint written before the option existed still resumes; any other model change is still refused."""
+    train(make_config(model={"loss": "chunked"}), out_dir=tmp_path / "run", callback=_stop_after(3))
+    steps = []
+    train(make_config(model={"loss": "full"}), out_dir=tmp_path / "run", callback=lambda m: steps.append(m.step))
+    assert steps == list(range(4, 10))
+    older = make_config().to_dict()
+    del older["model"]["loss"]
+    check_resumable(older, make_config(), tmp_path)
+    with pytest.raises(InputError, match="different model"):
+        check_resumable(older, make_config(model={"n_layer": 3}), tmp_path)
 
 
 def test_finished_run_with_another_config_is_refused(make_config, tmp_path):

@@ -1,9 +1,10 @@
 """A GPT-2 style language model, readable top to bottom (after nanoGPT's model.py).
 
 Token + position embeddings, pre-LayerNorm blocks of causal self-attention and a 4x GELU MLP, a final LayerNorm,
-and an output projection tied to the token embedding. The loss is computed by `chunked_cross_entropy`, which
-never materialises the full (tokens x vocab) logits tensor: on a small model that tensor is most of the memory
-traffic of a training step.
+and an output projection tied to the token embedding. `loss` picks how the cross-entropy is computed: `chunked`
+(`chunked_cross_entropy`) never materialises the full (tokens x vocab) logits tensor, which on a CPU is most of the
+memory traffic of a small model's step; `full` computes the logits, then F.cross_entropy (nanoGPT's way), which on a
+GPU is faster: there the chunk loop is launch-bound. `auto` takes chunked on a CPU and full elsewhere.
 
 `parametrization: mup` switches to the maximal update parametrization for Adam (Tensor Programs V; nanoGPT-mup's
 table), with width multiplier m = n_embd / mup_base_width and the head count fixed (the head size grows with width):
@@ -32,6 +33,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
     pad_vocab_to: int = 64  # embedding rows are padded to a multiple of this for faster matmuls
+    loss: Literal["auto", "chunked", "full"] = "auto"  # how the cross-entropy is computed; auto: chunked on a CPU only
     # --- μP ---
     parametrization: Literal["sp", "mup"] = "sp"  # sp: GPT-2 as published; mup: maximal update parametrization
     mup_base_width: int | None = None  # the width at which μP equals SP; None: this config's n_embd (the proxy's)
@@ -195,10 +197,15 @@ class GPT(nn.Module):
         """Mean cross-entropy of predicting targets (B, T) from idx (B, T)."""
         h = self.hidden_states(idx)
         if self.config.parametrization == "mup":
-            # --- μP --- logits x α_out/m, applied to the hidden state: the same product, and the tied weight untouched
+            # --- μP --- logits x α_out/m, applied to the hidden state: the same product on both loss paths, and the
+            # tied weight untouched
             h = h * self.output_multiplier
-        return chunked_cross_entropy(h.view(-1, h.size(-1)), self.transformer.wte.weight, targets.view(-1))
-
+        h, targets = h.view(-1, h.size(-1)), targets.view(-1)  # (B*T, C), (B*T,)
+        # Decided here, where the device is known: the chunks are sized for a CPU's caches (module docstring).
+        chunked = self.config.loss == "chunked" or (self.config.loss == "auto" and h.device.type == "cpu")
+        if chunked:
+            return chunked_cross_entropy(h, self.transformer.wte.weight, targets)
+        return F.cross_entropy(F.linear(h, self.transformer.wte.weight), targets)  # logits (B*T, padded vocab)
 
     @torch.no_grad()
     def next_token_logits(self, idx: torch.Tensor) -> torch.Tensor:

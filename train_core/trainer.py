@@ -450,6 +450,10 @@ def check_resumable(saved: dict, config: TrainConfig, out_dir: Path, *, step: in
     """
     check_same_parametrization(saved["model"], config.model, where=f"the checkpoint in {out_dir}")
     current = config.to_dict()
+    # model.loss only picks how the same loss is computed (rounding, as device and compile): not what a run is. And
+    # checkpoints written before the option existed lack it.
+    current["model"].pop("loss")
+    saved = saved | {"model": {k: v for k, v in saved["model"].items() if k != "loss"}}
     for section in RESUME_SECTIONS:
         same = saved.get(section) == current[section]
         if not same and section == "schedule" and step is not None:
