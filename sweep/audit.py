@@ -174,12 +174,14 @@ def replay(
     return Replay(order=list(order), stops=stops, steps_run=steps_run)
 
 
-def orders(curves: list[Curve], *, count: int, seed: int) -> list[list[int]]:
-    """`count` random orders of the trials, the anchor first as in every sweep."""
+def orders(curves: list[Curve], *, count: int, seed: int, trials: int | None = None) -> list[list[int]]:
+    """`count` random orders of the trials, the anchor first as in every sweep; with `trials`, each order is a sweep
+    of that many: the anchor and a random draw of the others."""
     rng = np.random.default_rng(seed)
     anchors = [c.number for c in curves if c.anchor]
     rest = [c.number for c in curves if not c.anchor]
-    return [anchors + [int(n) for n in rng.permutation(rest)] for _ in range(count)]
+    take = len(rest) if trials is None else max(0, min(len(rest), trials - len(anchors)))
+    return [anchors + [int(n) for n in rng.permutation(rest)[:take]] for _ in range(count)]
 
 
 def run_audit(
@@ -192,11 +194,12 @@ def run_audit(
     band: float = SEED_NOISE,
     pruners: tuple[str, ...] = PRUNERS,
     prune_from: tuple[float, ...] = (PRUNE_FROM,),
+    trials: int | None = None,
 ) -> Audit:
     curves = load_curves(study, storage=storage, artifact_dir=artifact_dir)
     steps = study.user_attrs[PLAN_ATTR]["steps"]
     initial_loss = math.log(yaml.safe_load(study.user_attrs["recipe"])["model"]["vocab_size"])
-    shuffles = orders(curves, count=order_count, seed=seed)
+    shuffles = orders(curves, count=order_count, seed=seed, trials=trials)
     rows = []
     for pruner in pruners:
         for guard in GUARDS:
@@ -211,23 +214,28 @@ def run_audit(
 
 
 def summary(audit: Audit, row: AuditRow) -> dict:
-    """The figures of one pruner and guard over all orders."""
-    total = audit.steps * len(audit.curves)
-    saved = [1 - r.steps_run / total for r in row.replays]
-    band = {c.number for c in audit.in_band}
+    """The figures of one pruner and guard over all orders. Each order's best (and noise band) is that of the trials
+    it ran, and so is what the pruned sweep found: the cost of pruning, not of the trials drawn."""
+    by_number = {c.number: c for c in audit.curves}
+    saved = [1 - r.steps_run / (audit.steps * len(r.order)) for r in row.replays]
+    best_stopped = band_stopped = 0
     regrets, ratios = [], []
     for r in row.replays:
-        finished = [c for c in audit.curves if c.number not in r.stops]
-        if finished:
+        ran = [by_number[n] for n in r.order if by_number[n].val_loss is not None]
+        best = min(ran, key=lambda c: c.val_loss)
+        best_stopped += best.number in r.stops
+        band_stopped += any(c.number in r.stops for c in ran if c.val_loss <= best.val_loss + audit.band)
+        finished = [by_number[n] for n in r.order if n not in r.stops and by_number[n].val_loss is not None]
+        if finished:  # what pruning cost this sweep: its winner against the best of the trials it ran
             found = min(finished, key=lambda c: c.val_loss)
-            regrets.append(found.val_loss - audit.best.val_loss)
-            ratios.append(max(found.lr / audit.best.lr, audit.best.lr / found.lr))
+            regrets.append(found.val_loss - best.val_loss)
+            ratios.append(max(found.lr / best.lr, best.lr / found.lr))
     return {
         "saved_mean": float(np.mean(saved)),
         "saved_min": min(saved),
         "saved_max": max(saved),
-        "best_stopped": sum(audit.best.number in r.stops for r in row.replays),
-        "band_stopped": sum(bool(band & r.stops.keys()) for r in row.replays),
+        "best_stopped": best_stopped,
+        "band_stopped": band_stopped,
         "regret_max": max(regrets) if regrets else math.nan,
         "lr_ratio_max": max(ratios) if ratios else math.nan,
         "orders": len(row.replays),
@@ -240,12 +248,13 @@ def print_audit(console: Console, audit: Audit, *, markdown: bool = False) -> No
     console.print(
         f"audit of {audit.study_name}: {len(audit.curves)} trials of {audit.steps} steps; best: trial {best.number}, "
         f"lr {best.lr:.3g}, val loss {best.val_loss:.4f}; within the noise band (+{audit.band:g}): "
-        f"{', '.join(f'{c.lr:.3g}' for c in audit.in_band)}; {len(audit.rows[0].replays)} orders, anchor first",
+        f"{', '.join(f'{c.lr:.3g}' for c in audit.in_band)}; {len(audit.rows[0].replays)} orders, anchor first"
+        + (f", {len(audit.rows[0].replays[0].order)} trials each" if audit.rows[0].replays[0].order else ""),
         highlight=False,
     )
     table = Table(title="per pruner, over all orders", header_style="bold", **style)
-    for name in ("pruner", "guard", "from", "compute saved", "best stopped", "noise band stopped", "winner found: worst val +",
-                 "worst lr ratio"):
+    for name in ("pruner", "guard", "from", "compute saved", "best stopped", "noise band stopped",
+                 "winner found: worst val +", "worst lr ratio"):
         table.add_column(name, justify="left" if name in ("pruner", "guard") else "right")
     # ("from": the fraction of the run from which the pruner compares trials)
     for row in audit.rows:
@@ -262,7 +271,7 @@ def print_audit(console: Console, audit: Audit, *, markdown: bool = False) -> No
     # Per trial: each pruner behind today's guard, and each guard alone.
     shown = [r for r in audit.rows if r.guard == "windowed" or r.pruner == "none"]
     several = len({r.prune_from for r in shown}) > 1
-    trials = Table(title="stopped in how many orders, at which steps", header_style="bold", **style)
+    trials = Table(title="stopped in how many of the orders it ran in, at which steps", header_style="bold", **style)
     trials.add_column("peak lr", justify="right")
     trials.add_column("val loss", justify="right")
     for row in shown:
@@ -272,7 +281,8 @@ def print_audit(console: Console, audit: Audit, *, markdown: bool = False) -> No
         cells = []
         for row in shown:
             hits = [r.stops[curve.number].step for r in row.replays if curve.number in r.stops]
-            cells.append(f"{len(hits)}/{len(row.replays)} @{min(hits)}–{max(hits)}" if hits else "–")
+            ran = sum(curve.number in r.order for r in row.replays)
+            cells.append(f"{len(hits)}/{ran} @{min(hits)}–{max(hits)}" if hits else "–")
         marks = " (best)" if curve is best else " (anchor)" if curve.anchor else ""
         val = f"{curve.val_loss:.4f}" if curve.val_loss is not None else "non-finite"
         trials.add_row(f"{curve.lr:.3g}{marks}", val, *cells)

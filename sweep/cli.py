@@ -328,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seed-noise band in val loss: trials this close to the best count as the best (default 0.05)")
     au.add_argument("--prune-from", type=_fractions, default=None,
                     help="fractions of the run from which pruners compare trials, e.g. 0.25,0.67 (default: the sweep's)")
+    au.add_argument("--trials", type=_positive_int, default=None,
+                    help="replay sweeps of this many trials (the anchor and a random draw of the others); default all")
     au.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
 
     rj = commands.add_parser("repair-journal", help="cut a journal file's torn or garbage tail off, keeping a backup", description=_DESCRIPTIONS["repair-journal"])
@@ -765,7 +767,7 @@ def cmd_audit(args, console: "Console") -> int:
 
     storage, study = _existing_study(args.storage, args.study_name)
     audit = run_audit(study, storage=storage, artifact_dir=args.runs.artifacts(args.storage), order_count=args.orders,
-                      seed=args.seed, band=args.band, **({"prune_from": args.prune_from} if args.prune_from else {}))
+                      seed=args.seed, band=args.band, trials=args.trials, **({"prune_from": args.prune_from} if args.prune_from else {}))
     print_audit(console, audit, markdown=args.markdown)
     return 0
 
