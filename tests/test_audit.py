@@ -87,6 +87,18 @@ def test_orders_put_the_anchor_first_and_differ():
     assert len({tuple(o) for o in shuffles}) > 1
 
 
+def test_sweeps_of_fewer_trials_are_judged_against_the_best_they_ran():
+    shuffles = orders(CURVES, count=8, seed=2, trials=3)
+    assert all(len(o) == 3 and o[0] == 0 for o in shuffles)
+    without_winner = [o for o in shuffles if 3 not in o]
+    assert without_winner  # some draws leave the grid's best out
+    replays = [run(o) for o in without_winner]
+    audit = Audit(study_name="s", steps=STEPS_SYNTH, curves=CURVES, band=0.05,
+                  rows=[AuditRow(pruner="median", guard="windowed", prune_from=0.5, replays=replays)])
+    s = summary(audit, audit.rows[0])
+    assert (s["best_stopped"], s["regret_max"]) == (0, 0.0)  # the draw's own best kept: pruning cost nothing
+
+
 @pytest.mark.slow
 def test_audit_command_over_a_real_grid_sweep(study, tmp_path, capsys):
     storage = f"sqlite:///{tmp_path}/a.db"
