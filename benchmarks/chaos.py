@@ -1,8 +1,8 @@
 """Chaos: a `--workers 2` sweep killed at random, on a journal file and on PostgreSQL, against an uninterrupted run.
 
-    python benchmarks/chaos.py [--kills 20] [--steps 150] [--storages journal,postgresql] [--postgres URL] [--seed 0]
+    python benchmarks/chaos.py [--kills 20] [--steps 150] [--grid-points 6] [--storages journal,postgresql] [--postgres URL] [--seed 0]
 
-For each storage, a grid sweep (3 LRs x 2 warmups, pruning off, so that every trial's result is a pure function of
+For each storage, a grid sweep (6 LRs x 2 warmups, pruning off, so that every trial's result is a pure function of
 its point) runs once undisturbed: the reference. Then the same sweep runs while, at random moments 0.5-3 s apart,
 one of these happens, until --kills of them have hit a running sweep:
 
@@ -41,7 +41,6 @@ from sweep.storage import mask, open_storage
 from train_core.data import write_nanogpt_bin
 
 VOCAB = 512
-GRID_POINTS = 3  # LRs; x 2 warmups = 6 points, + 1 trial that reuses the anchor's point
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -73,9 +72,9 @@ def write_study(folder: Path, steps: int) -> Path:
     return path
 
 
-def command(study: Path, storage: str, name: str, steps: int) -> list[str]:
+def command(study: Path, storage: str, name: str, steps: int, grid_points: int) -> list[str]:
     return [sys.executable, "-m", "sweep", "lr", "--study", str(study), "--steps", str(steps), "--storage", storage,
-            "--study-name", name, "--sampler", "grid", "--grid-points", str(GRID_POINTS), "--pruner", "none",
+            "--study-name", name, "--sampler", "grid", "--grid-points", str(grid_points), "--pruner", "none",
             "--workers", "2", "--ckpt-every", "10", "--heartbeat", "0.5", "--grace", "3", "--max-retries", "50",
             "-q"]
 
@@ -212,6 +211,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="kills per storage (default 20)")
     parser.add_argument("--steps", type=int, default=150, help="steps per trial (default 150)")
+    parser.add_argument("--grid-points", type=int, default=6, help="LRs of the grid, x 2 warmups (default 6)")
     parser.add_argument("--storages", default="journal,postgresql")
     parser.add_argument("--postgres", default=os.environ.get("SWEEP_TEST_POSTGRES",
                                                              "postgresql://postgres@127.0.0.1:5432/test"))
@@ -229,11 +229,11 @@ def main() -> int:
                 else:
                     storage = reference = stack.enter_context(scratch_database(args.postgres))
                 started = time.perf_counter()
-                subprocess.run(command(study, reference, "reference", args.steps), cwd=folder, env=ENV, check=True,
+                subprocess.run(command(study, reference, "reference", args.steps, args.grid_points), cwd=folder, env=ENV, check=True,
                                stdout=subprocess.DEVNULL)
                 ref_wall = time.perf_counter() - started
                 log = folder / f"{kind}.log.txt"
-                chaos = run_chaos(command(study, storage, "chaos", args.steps), folder, log, kills=args.kills,
+                chaos = run_chaos(command(study, storage, "chaos", args.steps, args.grid_points), folder, log, kills=args.kills,
                                   storage=storage, rng=rng)
                 results[kind] = {"reference wall s": round(ref_wall, 1), "chaos wall s": round(chaos.wall, 1),
                                  "kills": chaos.kills, "command starts": chaos.starts, "orphaned workers": chaos.orphans,
@@ -241,7 +241,10 @@ def main() -> int:
                 print(f"== {kind} ({mask(storage) if kind != 'journal' else 'journal file'})", flush=True)
                 for key, value in results[kind].items():
                     print(f"   {key}: {value}", flush=True)
-                if not results[kind]["best equal"] or results[kind]["running"]:
+                if not (results[kind]["best equal"] and results[kind]["every point finished"]):
+                    for t in optuna.load_study(study_name="chaos", storage=open_storage(storage)).get_trials():
+                        print(f"   trial {t.number} {t.state.name} {t.params} {t.value} "
+                              f"{ {k: v for k, v in t.user_attrs.items() if k in ('retry_of', 'duplicate_of', 'fail_reason')} }")
                     print(log.read_text()[-3000:])
     ok = all(r["every point finished"] and r["every FAIL retried"] and not r["running"] and r["best equal"]
              for r in results.values())

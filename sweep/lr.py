@@ -207,7 +207,7 @@ def run_trials(
             if budget.done:
                 break
             # GridSampler stops a study whose grid is exhausted, but that stop only ends the current optimize() call.
-            if study.sampler.is_exhausted(study):
+            if budget.waiting == 0 and study.sampler.is_exhausted(study):  # a FAIL counts as a visited grid point
                 break
             if not budget.may_start:
                 interrupts.wait(liveness.interval)  # other workers' trials fill the budget; wait for them to end or die

@@ -216,7 +216,9 @@ class Budget:
 
     @property
     def done(self) -> bool:
-        return self.finished >= self.total
+        """The total is reached and no retry waits: a killed or interrupted trial's work is finished even when other
+        trials (a grid sampler's repeats of its point, say) filled the total meanwhile."""
+        return self.finished >= self.total and self.waiting == 0
 
     @property
     def may_start(self) -> bool:

@@ -190,7 +190,8 @@ def test_heartbeat_stops_when_its_trial_was_reaped(journal, storage):
         (1, 1, 0, True),  # 2 < 3: room for one more
         (1, 2, 0, False),  # the running trials can fill the budget: wait for them
         (1, 2, 1, True),  # but a queued retry of a dead trial always runs
-        (3, 0, 1, False),  # done
+        (3, 0, 0, False),  # done
+        (3, 0, 1, True),  # not before a queued retry ran: a killed trial's point is never left unfinished
     ],
 )
 def test_budget_counts_finished_and_running_trials_of_all_workers(finished, running, waiting, may_start):
