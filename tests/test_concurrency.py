@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from sweep_fixtures import run_lr
+from optuna.trial import TrialState
 from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixture)
     SUBPROCESS_ENV,
+    load_study,
     no_stray_workers,
     start,
     sweep_command,
@@ -79,7 +81,7 @@ def test_the_lock_of_a_killed_holder_is_free_at_once(tmp_path):
 @pytest.mark.slow
 def test_workers_die_with_their_parent_when_it_is_killed(study, tmp_path):
     log = tmp_path / "parent.log"
-    command = sweep_command(study, "store/sweep.log", "orphans", "--trials", "4", "--pruner", "none", "--workers", "2",
+    command = sweep_command(study, "store/sweep.log", "orphans", "--trials", "6", "--pruner", "none", "--workers", "2",
                             steps=400)
     parent = start(command, tmp_path, log)
     runs = tmp_path / "runs" / "orphans"
@@ -95,6 +97,10 @@ def test_workers_die_with_their_parent_when_it_is_killed(study, tmp_path):
         return not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in children)
 
     wait_until(all_gone, timeout=60, what="the orphaned workers to exit")
+    trials = load_study(str(tmp_path / "store" / "sweep.log"), "orphans").get_trials()
+    # They stopped mid-study, as on Ctrl-C (an orphan would have finished all 6 trials, with no summary).
+    assert "interrupted" in [t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) < 6
 
 
 def _state(pid: int) -> str:
