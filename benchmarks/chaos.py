@@ -1,8 +1,8 @@
 """Chaos: a `--workers 2` sweep killed at random, on a journal file and on PostgreSQL, against an uninterrupted run.
 
-    python benchmarks/chaos.py [--kills 20] [--steps 150] [--grid-points 6] [--storages journal,postgresql] [--postgres URL] [--seed 0]
+    python benchmarks/chaos.py [--kills 20] [--steps 150] [--grid-points 10] [--storages journal,postgresql] [--postgres URL] [--seed 0]
 
-For each storage, a grid sweep (6 LRs x 2 warmups, pruning off, so that every trial's result is a pure function of
+For each storage, a grid sweep (10 LRs x 2 warmups, pruning off, so that every trial's result is a pure function of
 its point) runs once undisturbed: the reference. Then the same sweep runs while, at random moments 0.5-3 s apart,
 one of these happens, until --kills of them have hit a running sweep:
 
@@ -211,7 +211,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="kills per storage (default 20)")
     parser.add_argument("--steps", type=int, default=150, help="steps per trial (default 150)")
-    parser.add_argument("--grid-points", type=int, default=6, help="LRs of the grid, x 2 warmups (default 6)")
+    parser.add_argument("--grid-points", type=int, default=10, help="LRs of the grid, x 2 warmups (default 10)")
     parser.add_argument("--storages", default="journal,postgresql")
     parser.add_argument("--postgres", default=os.environ.get("SWEEP_TEST_POSTGRES",
                                                              "postgresql://postgres@127.0.0.1:5432/test"))
