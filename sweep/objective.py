@@ -29,6 +29,7 @@ from sweep.width import at_width
 from sweep.workers import STORAGE_FAULT, Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root, retries, trial_id
 from train_core.config import TrainConfig
 from train_core.errors import InputError
+from train_core.locks import this_process
 from train_core.trainer import StepMetrics, TrainResult, device_label, resolve_device, train
 
 PLAN_ATTR = "search_space"  # the study user attr that keeps TrialPlan.to_study_attr()
@@ -203,6 +204,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.trial_id = trial_id(self.storage, trial.study, trial.number)
+        trial.set_user_attr("worker", this_process())  # which of the processes sharing the study took this trial
         lr = trial.suggest_float("lr", self.plan.lr_min, self.plan.lr_max, log=True)
         warmup = self.plan.warmups.suggest(trial)
         # A retry of a dead or interrupted trial trains in the first trial's folder: it resumes from its checkpoint.
@@ -335,7 +337,7 @@ def _reuse(trial: optuna.Trial, twin: FrozenTrial) -> float:
     trial.set_user_attr("duplicate_of", twin.number)
     for key, value in twin.user_attrs.items():
         if key not in ("anchor", "retry_of", "resume_trial", "resumed_at_step", "branched_from_step", "duplicate_of",
-                       "retries"):
+                       "retries", "worker"):
             trial.set_user_attr(key, value)
     if twin.state == TrialState.PRUNED:
         raise optuna.TrialPruned(twin.user_attrs.get("prune_reason", f"as trial {twin.number}"))

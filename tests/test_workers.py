@@ -391,13 +391,22 @@ def pause_outside_storage_writes(worker, *, lock) -> None:
 def test_journal_lock_left_by_a_killed_worker_can_age_out(tmp_path, monkeypatch):
     """Optuna breaks a journal lock whose age it can stat (after 30 s); a dangling lock would stall workers forever.
 
+    The lock is looked at while the storage holds it for a write: what a worker killed inside a write leaves behind.
     The path is relative with a folder, as `--storage runs/sweep.log` is.
     """
     monkeypatch.chdir(tmp_path)
-    storage = open_storage("runs/sweep.log")
-    storage._backend._lock.acquire()  # what a worker killed inside a write leaves behind
+    lock = Path("runs/sweep.log.lock")  # where Optuna's journal file locks put it
+    held, fsync = [], os.fsync
 
-    assert (tmp_path / "runs" / "sweep.log.lock").stat().st_mtime > 0  # follows no dangling link
+    def look_then_fsync(fd):  # each append is fsynced under the lock
+        held.append(lock.exists())  # exists() follows the link a symlink lock is: False where it dangles
+        fsync(fd)
+
+    storage = open_storage("runs/sweep.log")
+    monkeypatch.setattr(os, "fsync", look_then_fsync)
+    optuna.create_study(study_name="lock", storage=storage)
+
+    assert held and all(held), held
 
 
 def test_heartbeat_survives_a_storage_hiccup(journal, storage):

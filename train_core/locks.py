@@ -20,6 +20,11 @@ from train_core.errors import FaultError
 RUN_LOCK_FILE = ".lock"
 
 
+def this_process() -> str:
+    """This process as people name it across machines: 'pid 4242 on gpu-node-3'."""
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
 @contextlib.contextmanager
 def exclusive(lock_file: Path, *, what: str, advice: str = "wait for it to finish, or stop it"):
     """Hold lock_file for the block; FaultError naming the holder when another process holds it."""
@@ -32,7 +37,7 @@ def exclusive(lock_file: Path, *, what: str, advice: str = "wait for it to finis
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             raise FaultError(f"{what} is in use by {holder}; {advice}") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        os.pwrite(fd, f"{this_process()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -97,6 +97,11 @@ def device_label(device: torch.device) -> str:
     return f"{device}" + (f" ({', '.join(details)})" if details else "")
 
 
+# CPU instructions that compute in bfloat16 (x86 AVX-512 BF16 and AMX, Arm BF16 and SVE BF16). Torch's own check (a
+# private mkldnn op) also says yes on plain AVX-512, where oneDNN only emulates bfloat16.
+NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """The autocast dtype: bfloat16 only where the hardware runs it natively (emulated bf16 is ~100x slower)."""
     if name != "auto":
@@ -104,7 +109,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     # Native on Ampere and later; torch's default check also says yes where bf16 is only emulated (V100, T4).
     if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type == "cpu" and any(torch.cpu.get_capabilities().get(f) for f in NATIVE_BF16_CPU_FEATURES):
         return torch.bfloat16
     return torch.float32
 
