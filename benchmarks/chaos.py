@@ -1,6 +1,6 @@
 """Chaos: a `--workers 2` sweep killed at random, on a journal file and on PostgreSQL, against an uninterrupted run.
 
-    python benchmarks/chaos.py [--kills 20] [--steps 150] [--grid-points 10] [--storages journal,postgresql] [--postgres URL] [--seed 0]
+    python benchmarks/chaos.py [--kills 20] [--steps 300] [--grid-points 10] [--storages journal,postgresql] [--postgres URL] [--seed 0]
 
 For each storage, a grid sweep (10 LRs x 2 warmups, pruning off, so that every trial's result is a pure function of
 its point) runs once undisturbed: the reference. Then the same sweep runs while, at random moments 0.5-3 s apart,
@@ -210,7 +210,7 @@ def scratch_database(url: str):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="kills per storage (default 20)")
-    parser.add_argument("--steps", type=int, default=150, help="steps per trial (default 150)")
+    parser.add_argument("--steps", type=int, default=300, help="steps per trial (default 300)")
     parser.add_argument("--grid-points", type=int, default=10, help="LRs of the grid, x 2 warmups (default 10)")
     parser.add_argument("--storages", default="journal,postgresql")
     parser.add_argument("--postgres", default=os.environ.get("SWEEP_TEST_POSTGRES",
@@ -245,7 +245,9 @@ def main() -> int:
                     for t in optuna.load_study(study_name="chaos", storage=open_storage(storage)).get_trials():
                         print(f"   trial {t.number} {t.state.name} {t.params} {t.value} "
                               f"{ {k: v for k, v in t.user_attrs.items() if k in ('retry_of', 'duplicate_of', 'fail_reason')} }")
-                    print(log.read_text()[-3000:])
+                    kept = Path.cwd() / f"chaos-{kind}.log"
+                    kept.write_text(log.read_text())
+                    print(f"   the sweep's output: {kept}")
     ok = all(r["every point finished"] and r["every FAIL retried"] and not r["running"] and r["best equal"]
              for r in results.values())
     print("all checks passed" if ok else "CHECKS FAILED")

@@ -156,11 +156,12 @@ RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0)
 def is_connection_loss(error: BaseException) -> bool:
     """Whether error is the storage's connection dropping (a server restart, a failover, an idle-connection killer),
     as opposed to a statement the database refused."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
     while error is not None:
-        if isinstance(error, DBAPIError) and (error.connection_invalidated or isinstance(error, OperationalError)):
-            return True
+        if isinstance(error, DisconnectionError) or (isinstance(error, DBAPIError) and (
+                error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError)))):
+            return True  # InterfaceError: "connection already closed", a connection the server dropped earlier
         error = error.__cause__
     return False
 
