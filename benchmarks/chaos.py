@@ -1,10 +1,10 @@
 """Chaos: a `--workers 2` sweep killed at random, on a journal file and on PostgreSQL, against an uninterrupted run.
 
-    python benchmarks/chaos.py [--kills 20] [--steps 300] [--grid-points 10] [--storages journal,postgresql] [--postgres URL] [--seed 0]
+    python benchmarks/chaos.py [--kills 20] [--steps 300] [--grid-points 10] [--storages journal,postgresql] [--postgres URL] [--seed 0] [--gap 4]
 
 For each storage, a grid sweep (10 LRs x 2 warmups, pruning off, so that every trial's result is a pure function of
-its point) runs once undisturbed: the reference. Then the same sweep runs while, at random moments 0.5-3 s apart,
-one of these happens, until --kills of them have hit a running sweep:
+its point) runs once undisturbed: the reference. Then the same sweep runs while one of these happens at random
+moments (0.5 s to --gap apart, once both workers run), until --kills of them have hit a running sweep:
 
 - worker: SIGKILL to one of the two workers (an OOM kill); the other reaps its trial and resumes it;
 - parent: SIGKILL to the `--workers` parent; its workers get SIGTERM (they die with it), mark their trials
@@ -105,7 +105,8 @@ def drop_connections(url: str) -> int:
         return cur.fetchone()[0]
 
 
-def run_chaos(cmd: list[str], cwd: Path, log: Path, *, kills: int, storage: str, rng: random.Random) -> Chaos:
+def run_chaos(cmd: list[str], cwd: Path, log: Path, *, kills: int, storage: str, rng: random.Random,
+              gap: float) -> Chaos:
     actions = ["worker", "parent"] + (["connections"] if storage.startswith("postgresql") else [])
     chaos = Chaos()
     started = time.perf_counter()
@@ -119,7 +120,7 @@ def run_chaos(cmd: list[str], cwd: Path, log: Path, *, kills: int, storage: str,
             deadline = time.monotonic() + 120
             while len(children(parent.pid)) < 2 and parent.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.2)  # until both workers run: a kill of a parent still importing torch tests nothing
-            time.sleep(rng.uniform(1.0, 4.0))  # a random moment: this is the benchmark's clock, not a synchronisation
+            time.sleep(rng.uniform(0.5, gap))  # a random moment: this is the benchmark's clock, not a synchronisation
             if parent.poll() is not None:
                 chaos.exit_codes.append(parent.returncode)
                 if parent.returncode == 0:
@@ -216,6 +217,7 @@ def main() -> int:
     parser.add_argument("--postgres", default=os.environ.get("SWEEP_TEST_POSTGRES",
                                                              "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
+    parser.add_argument("--gap", type=float, default=4.0, help="longest wait between kills, seconds (default 4)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     results = {}
@@ -234,7 +236,7 @@ def main() -> int:
                 ref_wall = time.perf_counter() - started
                 log = folder / f"{kind}.log.txt"
                 chaos = run_chaos(command(study, storage, "chaos", args.steps, args.grid_points), folder, log, kills=args.kills,
-                                  storage=storage, rng=rng)
+                                  storage=storage, rng=rng, gap=args.gap)
                 results[kind] = {"reference wall s": round(ref_wall, 1), "chaos wall s": round(chaos.wall, 1),
                                  "kills": chaos.kills, "command starts": chaos.starts, "orphaned workers": chaos.orphans,
                                  "exit codes": chaos.exit_codes} | check(storage, "chaos", reference, "reference")
