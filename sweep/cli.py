@@ -15,6 +15,7 @@ import json
 import math
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -359,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
             args.runs = Runs(args.runs_dir)
         if getattr(args, "storage", "") is None:
             args.storage = args.runs.default_storage()
-        return COMMANDS[args.command](args, console)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _warning_line
+            return COMMANDS[args.command](args, console)
     except InputError as error:
         if debug:
             raise
@@ -377,6 +381,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {line} (--debug shows the traceback)", file=sys.stderr)
         return 1
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning is one line on stderr, as an error is (a fallback to best.pt, a library's notice); --debug keeps
+    Python's form with the source line."""
+    from sweep.storage import mask
+
+    print(f"warning: {mask(str(message))}", file=sys.stderr)
 
 
 def _interrupt(signum, frame):

@@ -61,7 +61,7 @@ def test_a_newest_checkpoint_that_does_not_load_falls_back_to_the_best(tmp_path)
     manager.save_best(_state(200))
     manager.save(_state(300), step=300)
     (tmp_path / "step-00000300.pt").write_bytes(b"torn by a disk fault")
-    with pytest.warns(UserWarning, match="step-00000300.pt is unreadable"):
+    with pytest.warns(UserWarning, match=r"unreadable \(step-00000300.pt: \w+\): resuming from best.pt at step 200"):
         assert manager.load_latest()["step"] == 200
 
 
@@ -80,9 +80,9 @@ def test_arbitrary_python_objects_are_not_unpickled(tmp_path):
 
 def test_file_without_the_required_keys_is_unreadable(tmp_path):
     torch.save({"model": {}}, tmp_path / "step-00000001.pt")
-    with pytest.warns(UserWarning, match=r"missing keys \['optimizer', 'config', 'step'\]"):
-        with pytest.raises(FaultError, match="nothing to resume from"):  # never a silent restart from step 0
-            CheckpointManager(tmp_path).load_latest()
+    # torch loads it, but a state without the keys resume needs is as unreadable as a torn file
+    with pytest.raises(FaultError, match=r"\(step-00000001.pt: ValueError; best.pt: missing\): nothing to resume"):
+        CheckpointManager(tmp_path).load_latest()  # never a silent restart from step 0
 
 
 def test_with_every_step_file_unreadable_the_intact_best_is_resumed_from_with_a_warning(tmp_path):
@@ -104,7 +104,7 @@ def test_with_every_checkpoint_unreadable_resuming_stops_with_one_line_instead_o
     (tmp_path / "step-00000004.pt").write_bytes(b"torn")
     (tmp_path / "best.pt").write_bytes(b"torn too")
 
-    with pytest.warns(UserWarning), pytest.raises(FaultError) as refused:
+    with pytest.raises(FaultError) as refused:
         manager.load_latest()
     assert "\n" not in str(refused.value)
     assert re.search(r"\(step-00000004.pt: \w+; best.pt: \w+\): nothing to resume from", str(refused.value))

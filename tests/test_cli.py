@@ -41,3 +41,21 @@ def test_help_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"  # torch alone takes seconds to import
+
+
+def test_a_run_that_falls_back_to_best_says_so_in_one_warning_line(study, tmp_path, capsys):
+    from train_core.checkpoint import DONE_FILE, CheckpointManager
+
+    out = tmp_path / "run"
+    command = ["train", "--study", str(study), "--max-steps", "8", "--out", str(out)]
+    assert main(command) == 0
+    (out / DONE_FILE).unlink()  # as if the process died before it finished
+    for path in CheckpointManager(out).step_files():
+        path.write_bytes(path.read_bytes()[:100])  # both step checkpoints torn
+    capsys.readouterr()
+
+    assert main(command) == 0
+
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: every step checkpoint"), warnings
+    assert "resuming from best.pt" in warnings[0]

@@ -90,28 +90,29 @@ class CheckpointManager:
         A run that falls back to best.pt because its step checkpoints are unreadable is warned that it does; with
         nothing readable at all, a FaultError: progress is never thrown away without a word by starting from step 0.
         """
-        unreadable = []
+        unreadable = []  # (path, error) of the step files that would not load, newest first
         for path in reversed(self.step_files()):
             try:
-                return _load_state(path, map_location)
+                state, source = _load_state(path, map_location), path.name
+                break
             except Exception as error:  # any unreadable file means: fall back to the previous one
-                unreadable.append(f"{path.name}: {error.__class__.__name__}")
-                warnings.warn(f"checkpoint {path} is unreadable ({error.__class__.__name__}: {error}); "
-                              "falling back to the previous one", stacklevel=2)
-        best = self.folder / BEST_FILE
-        if not unreadable and not best.exists():
-            return None
-        try:
-            state = _load_state(best, map_location)
-        except Exception as error:
-            raise FaultError(
-                f"every checkpoint in {self.folder} is unreadable ({'; '.join([*unreadable, ''])}{BEST_FILE}: "
-                f"{'missing' if not best.exists() else error.__class__.__name__}): nothing to resume from; move the "
-                "folder away to start over from step 0"
-            ) from None
-        if unreadable:
-            warnings.warn(f"every step checkpoint in {self.folder} is unreadable ({'; '.join(unreadable)}): resuming "
-                          f"from {BEST_FILE} at step {state['step']}", stacklevel=2)
+                unreadable.append((path, error))
+        else:
+            best = self.folder / BEST_FILE
+            if not unreadable and not best.exists():
+                return None
+            try:
+                state, source = _load_state(best, map_location), BEST_FILE
+            except Exception as error:
+                raise FaultError(
+                    f"every checkpoint in {self.folder} is unreadable ({_names(unreadable)}; {BEST_FILE}: "
+                    f"{'missing' if not best.exists() else error.__class__.__name__}): nothing to resume from; move "
+                    "the folder away to start over from step 0"
+                ) from None
+        if unreadable:  # one warning for the whole fallback: the CLI shows it as one line
+            what = (f"every step checkpoint in {self.folder} is unreadable ({_names(unreadable)})" if source == BEST_FILE
+                    else "; ".join(f"checkpoint {p} is unreadable ({e.__class__.__name__}: {e})" for p, e in unreadable))
+            warnings.warn(f"{what}: resuming from {source} at step {state['step']}", stacklevel=2)
         return state
 
     def load_best(self, *, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
@@ -125,6 +126,10 @@ class CheckpointManager:
         """The DONE marker's summary if the run finished, else None."""
         path = self.folder / DONE_FILE
         return json.loads(path.read_text()) if path.exists() else None
+
+
+def _names(unreadable: list[tuple[Path, Exception]]) -> str:
+    return "; ".join(f"{path.name}: {error.__class__.__name__}" for path, error in unreadable)
 
 
 def _load_state(path: Path, map_location) -> dict[str, Any]:
