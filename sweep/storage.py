@@ -53,6 +53,34 @@ def check_url(url: str) -> None:
         )
 
 
+def mark_study(storage_url: str, study_name: str) -> None:
+    """On Redis, a key of ours beside the study's journal: a FLUSHDB, or a restart of a Redis without persistence,
+    takes it with the study, and its absence tells that the study is gone. Replaying the journal cannot tell: Optuna's
+    Redis journal, whose numbering restarts after a flush, makes a reader wait forever for a record that never comes."""
+    if scheme(storage_url) == "redis":
+        _redis(storage_url).set(REDIS_STUDY_MARKER.format(study_name), 1)
+
+
+def study_is_present(storage_url: str, study_name: str) -> bool:
+    """Whether a study this process works on is still in its journal storage (Redis: its mark_study key; a journal
+    file: still there and still holding it). Database storages say so by failing loudly, so they are not asked."""
+    kind = scheme(storage_url)
+    if kind == "redis":
+        return bool(_redis(storage_url).exists(REDIS_STUDY_MARKER.format(study_name)))
+    if kind is None:
+        return Path(storage_url).exists() and study_name in optuna.get_all_study_names(storage=open_storage(storage_url))
+    return True
+
+
+REDIS_STUDY_MARKER = "lr-sweep:study:{}"
+
+
+def _redis(url: str):
+    import redis  # installed with the Redis journal it serves
+
+    return redis.Redis.from_url(url)
+
+
 def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
     """The Optuna storage behind url; an unreachable database is an InputError with the password masked.
 

@@ -3,6 +3,7 @@ lost the study, an unreachable storage found before any work. Each is survived, 
 what happened (exit 1), never a traceback or a silently wrong result."""
 
 import contextlib
+import json
 import sqlite3
 import subprocess
 import uuid
@@ -27,7 +28,7 @@ from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixtur
 
 from sweep.cli import main
 from sweep.journal import find_damage, tail_damage
-from sweep.storage import open_storage
+from sweep.storage import mark_study, open_storage, study_is_present
 from train_core.memory import parameter_count
 from train_core.model import GPT
 
@@ -204,6 +205,28 @@ def test_a_study_flushed_from_redis_mid_sweep_fails_loudly(data, tmp_path):
 
     assert code == 1, tail(log)
     assert f"study {name} vanished" in log.read_text(), tail(log)
+
+
+def test_a_flush_that_restarted_the_redis_journal_mid_write_is_seen_without_waiting_forever():
+    """A FLUSHDB between the two commands of a journal append restarts Optuna's numbering past a record that never
+    comes: replaying that journal waits for it forever. The sweep's check must still answer, and say the study is gone."""
+    import threading
+
+    import redis
+
+    with redis_db() as url:
+        optuna.create_study(study_name="flushed", storage=open_storage(url))
+        mark_study(url, "flushed")
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        client.set(":log_number", 1)  # what the append that raced the flush left: record 1, never a record 0
+        client.set(":log:1", json.dumps({"op_code": 0, "worker_id": "w", "study_name": "x", "directions": [1]}))
+        answers = []
+        checker = threading.Thread(target=lambda: answers.append(study_is_present(url, "flushed")), daemon=True)
+        checker.start()
+        checker.join(timeout=30)  # a bound on a hang, not a synchronisation: the check itself waits on nothing
+
+    assert answers == [False]
 
 
 # --- order of work --------------------------------------------------------------------------------------------------
