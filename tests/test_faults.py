@@ -102,6 +102,32 @@ def test_a_read_only_sqlite_database_fails_with_its_real_cause_in_one_line(study
     assert "exceeding max length" not in line
 
 
+@contextlib.contextmanager
+def immutable(path):
+    """The file made immutable (chattr +i): writes fail even for root, as they would on a read-only mount."""
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip(f"chattr +i is not available for {path} here (root ignores file permissions)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_read_only_journal_fails_with_its_real_cause_in_one_line(study, tmp_path, capsys):
+    journal = tmp_path / "sweep.log"
+    assert run_lr(study, str(journal), "--trials", "1", "--pruner", "none", steps=TINY_STEPS) == 0
+    capsys.readouterr()
+    before = journal.read_bytes()
+
+    with immutable(journal):
+        code = run_lr(study, str(journal), "--trials", "2", steps=TINY_STEPS)
+
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 1
+    assert "Operation not permitted" in line or "Permission denied" in line, line
+    assert journal.read_bytes() == before
+
+
 def test_a_malformed_sqlite_database_is_refused_with_its_real_cause_in_one_line(study, tmp_path, capsys):
     db = tmp_path / "sweep.db"
     assert run_lr(study, f"sqlite:///{db}", "--trials", "1", "--pruner", "none", steps=TINY_STEPS) == 0
