@@ -75,12 +75,7 @@ def draw_lr_plot(points: list[LrPoint], *, title: str, path: Path) -> None:
         ax.set_xlim(points[0].lr / 2, points[0].lr * 2)
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("loss at the trial's end")
-    ax.set_title(title)
-    ax.grid(alpha=0.25, which="both")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, title=title, path=path)
 
 
 def draw_range_plot(lrs: list[float], losses: list[float], *, steepest: float, lowest: float, diverged: float | None,
@@ -107,6 +102,13 @@ def draw_range_plot(lrs: list[float], losses: list[float], *, steepest: float, l
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (grows geometrically, one step each)")
     ax.set_ylabel("train loss")
+    _finish(fig, ax, title=title, path=path)
+
+
+def _finish(fig, ax, *, title: str, path: Path) -> None:
+    """Title, grid and legend, then the PNG written and the figure freed (pyplot keeps every open figure)."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title)
     ax.grid(alpha=0.25, which="both")
     ax.legend(fontsize="small")
