@@ -1,4 +1,7 @@
-"""Optuna's journal file, checked before anything is appended to it, and repaired on request.
+"""Optuna's journals, checked so that damage is said in one line instead of read as data or waited on forever.
+
+A journal file is checked before anything is appended to it, and repaired on request; a Redis journal, for records
+that were there and are gone.
 
 The journal is one JSON record per line. A crash mid-write or a full disk leaves a torn last record (or garbage)
 at its end: Optuna's reader stops there without a word, and a record appended after it turns the tail into a bad line
@@ -14,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalRedisBackend
 
 from train_core.errors import FaultError, InputError
 
@@ -145,3 +148,65 @@ def repair_journal(path: Path) -> str:
             f.flush()
             os.fsync(f.fileno())
     return f"{path}: cut off {damage.describe()}, which were not a whole record; backup of the whole file: {backup}"
+
+
+class CheckedRedisBackend(JournalRedisBackend):
+    """Optuna's Redis journal that says so when records it has read are gone, instead of waiting for them forever.
+
+    Records are numbered and written in one Lua script, so every record up to the last number is there. One that is
+    missing, or a last number below what this process has read, means the journal was emptied (a FLUSHDB, or a restart
+    of a Redis without persistence) and its numbering started again. Optuna's reader waits forever for a missing record
+    (a flush between its read of the last number and of a record; a flush between the two commands of Optuna's append,
+    which leaves no record 0), and a process that had read past the new numbering goes on with studies that are gone.
+    So each read is checked, and each append is checked in the same script that writes it: FaultError, one line, and
+    nothing written into the emptied database. The keys are Optuna's, so Optuna (and optuna-dashboard) read it as theirs.
+    """
+
+    LAST = ":log_number"  # Optuna's keys (no prefix): the last record's number, and record N at RECORD + N
+    RECORD = ":log:"
+    # KEYS[1]: LAST; ARGV[1]: RECORD; ARGV[2]: the records this process has read; ARGV[3..]: the records to append.
+    APPEND = """
+        local last = tonumber(redis.call('get', KEYS[1]) or '-1')
+        if last + 1 < tonumber(ARGV[2]) then return {0, last} end
+        for i = 3, #ARGV do
+            last = last + 1
+            redis.call('set', ARGV[1] .. last, ARGV[i])
+        end
+        redis.call('set', KEYS[1], last)
+        return {1, last}
+    """
+
+    def __init__(self, url: str, *, label: str):
+        import redis  # installed with the Redis journal it serves
+
+        super().__init__(url)
+        self.client = redis.Redis.from_url(url)
+        self.append = self.client.register_script(self.APPEND)
+        self.label = label
+        self.records_read = 0
+
+    def read_logs(self, log_number_from: int):
+        value = self.client.get(self.LAST)
+        last = -1 if value is None else int(value)
+        self._check(last, read=max(log_number_from, self.records_read))
+        for number in range(log_number_from, last + 1):
+            record = self.client.get(f"{self.RECORD}{number}")
+            if record is None:
+                raise self._lost(f"record {number} of {last + 1} is missing")
+            self.records_read = number + 1
+            yield json.loads(record)
+
+    def append_logs(self, logs: list[dict]) -> None:
+        written, last = self.append(keys=[self.LAST], args=[self.RECORD, self.records_read, *map(json.dumps, logs)])
+        if not written:
+            self._check(last, read=self.records_read)
+
+    def _check(self, last: int, *, read: int) -> None:
+        if last + 1 < read:
+            raise self._lost(f"it holds {last + 1} records, this process had read {read}")
+
+    def _lost(self, what: str) -> FaultError:
+        return FaultError(
+            f"the Redis journal {self.label} was emptied mid-run ({what}): a FLUSHDB, or a restart of a Redis without "
+            "persistence (see the README's storages); its studies are lost, run the command again to start over"
+        )

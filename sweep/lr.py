@@ -17,7 +17,7 @@ from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
 from sweep.objective import MODEL_ATTR, PLAN_ATTR, Objective, TrialPlan, name_metric
 from sweep.recipe import recipe_note, warmup_steps
 from sweep.runs import Runs
-from sweep.storage import mark_study, mask, open_storage, scheme, sqlite_path, study_is_present
+from sweep.storage import mask, open_storage, scheme, sqlite_path, study_is_present
 from sweep.view import SweepView
 from sweep.workers import (
     FINISHED,
@@ -159,7 +159,6 @@ def open_study(
         ),
         pruner=make_pruner(plan.pruner_name, steps=plan.steps, warmup_steps=plan.warmups.longest),
     )
-    mark_study(storage_url, study_name)
     if existing is None:
         study.set_user_attr(PLAN_ATTR, space)
         study.set_user_attr("recipe", plan.recipe.text)
@@ -229,13 +228,12 @@ def run_trials(
 
 
 def check_study_exists(storage_url: str, study_name: str) -> None:
-    """FaultError when the study is gone from a journal storage: Redis without persistence loses it to a FLUSHDB or a
-    restart, and a journal file can be deleted, while this process keeps replaying its own copy of the log and would
-    report a sweep that no longer exists. A database storage fails loudly by itself."""
+    """FaultError when the study is gone from its journal file (deleted, or replaced by another), which this process
+    cannot see in its own copy of the log: it would report a sweep that no longer exists."""
     if not study_is_present(storage_url, study_name):
         raise FaultError(
-            f"study {study_name} vanished from {mask(storage_url)} mid-sweep (a FLUSHDB, or a restart of a Redis "
-            "without persistence: see the README's storages); its results are lost, run the command again to start over"
+            f"study {study_name} vanished from {mask(storage_url)} mid-sweep (the file was deleted or replaced); "
+            "its results are lost, run the command again to start over"
         )
 
 

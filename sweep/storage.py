@@ -15,9 +15,8 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalRedisBackend
 
-from sweep.journal import CheckedJournalBackend
+from sweep.journal import CheckedJournalBackend, CheckedRedisBackend
 from train_core.errors import FaultError, InputError
 
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
@@ -53,32 +52,13 @@ def check_url(url: str) -> None:
         )
 
 
-def mark_study(storage_url: str, study_name: str) -> None:
-    """On Redis, a key of ours beside the study's journal: a FLUSHDB, or a restart of a Redis without persistence,
-    takes it with the study, and its absence tells that the study is gone. Replaying the journal cannot tell: Optuna's
-    Redis journal, whose numbering restarts after a flush, makes a reader wait forever for a record that never comes."""
-    if scheme(storage_url) == "redis":
-        _redis(storage_url).set(REDIS_STUDY_MARKER.format(study_name), 1)
-
-
 def study_is_present(storage_url: str, study_name: str) -> bool:
-    """Whether a study this process works on is still in its journal storage (Redis: its mark_study key; a journal
-    file: still there and still holding it). Database storages say so by failing loudly, so they are not asked."""
-    kind = scheme(storage_url)
-    if kind == "redis":
-        return bool(_redis(storage_url).exists(REDIS_STUDY_MARKER.format(study_name)))
-    if kind is None:
+    """Whether a study this process works on is still in its journal file: the file can be deleted, or replaced by
+    another, while this process keeps replaying its own copy of the log. A Redis journal says so itself
+    (CheckedRedisBackend), and a database storage by failing loudly, so they are not asked."""
+    if scheme(storage_url) is None:
         return Path(storage_url).exists() and study_name in optuna.get_all_study_names(storage=open_storage(storage_url))
     return True
-
-
-REDIS_STUDY_MARKER = "lr-sweep:study:{}"
-
-
-def _redis(url: str):
-    import redis  # installed with the Redis journal it serves
-
-    return redis.Redis.from_url(url)
 
 
 def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
@@ -96,7 +76,7 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(CheckedJournalBackend(url))
         if kind == "redis":
-            return JournalStorage(JournalRedisBackend(url))
+            return JournalStorage(CheckedRedisBackend(url, label=mask(url)))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             return RDBStorage(_with_driver(url, kind), engine_kwargs=_engine_kwargs(kind))
@@ -130,14 +110,18 @@ def _open_rdb(url: str, kind: str) -> RDBStorage:
             threading.Event().wait(delay)
 
 
+def causes(error: BaseException) -> list[BaseException]:
+    """error, then each exception it was raised from or while handling, innermost last."""
+    chain = [error]
+    while (inner := chain[-1].__cause__ or chain[-1].__context__) is not None and inner not in chain:
+        chain.append(inner)
+    return chain
+
+
 def root_cause(error: BaseException) -> BaseException:
     """The innermost exception error was raised from: the driver's own (`database disk image is malformed`) rather
     than the wrapper's (Optuna's "... e.g. exceeding max length")."""
-    seen = {id(error)}
-    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
-        seen.add(id(inner))
-        error = inner
-    return error
+    return causes(error)[-1]
 
 
 def describe(error: BaseException) -> str:
@@ -150,8 +134,10 @@ def storage_fault(error: BaseException) -> str | None:
     """One line for an error raised by a storage (or the disk) mid-run, None for any other error."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    if isinstance(error, FaultError):
-        return str(error)
+    # A fault anywhere in the chain is the cause: Optuna's trial post-processing, when the storage fails under it, raises
+    # an UnboundLocalError of its own while handling the FaultError.
+    if (fault := next((e for e in causes(error) if isinstance(e, FaultError)), None)) is not None:
+        return str(fault)
     root = root_cause(error)
     if isinstance(error, (optuna.exceptions.StorageInternalError, SQLAlchemyError, sqlite3.Error)) or isinstance(
         root, sqlite3.Error

@@ -8,6 +8,7 @@ real connection within CONNECT_TIMEOUT_S is skipped with the reason.
 import contextlib
 import functools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +25,10 @@ REDIS_URL = os.environ.get("SWEEP_TEST_REDIS", "redis://127.0.0.1:6379").rstrip(
 CONNECT_TIMEOUT_S = 2
 REDIS_CLAIM_KEY = "lr-sweep-tests:claim"  # marks a Redis db as taken by one test; no journal key looks like it
 # One torch thread in every sweep subprocess, so that runs compare bit for bit and 2 workers fit 2 cores.
-SUBPROCESS_ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# PYTHONFAULTHANDLER: a subprocess that hangs prints every thread's stack on SIGABRT (wait_exit), into its log.
+SUBPROCESS_ENV = os.environ | {
+    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
+}
 
 
 def unique_name(prefix: str) -> str:
@@ -104,9 +108,30 @@ def redis_db():
     try:
         yield f"{REDIS_URL}/{db}"
     finally:
-        # Ours, or gone with a FLUSHDB of the test's own (a study-vanished test): what is left there is this test's.
-        if client.get(REDIS_CLAIM_KEY) in (token.encode(), None):
+        if client.get(REDIS_CLAIM_KEY) == token.encode():
             client.flushdb()
+
+
+# FLUSHDB and the claim set again, in one step: no other test can claim the database in between.
+_FLUSH_KEEPING_CLAIM = """
+    local claim = redis.call('get', KEYS[1])
+    redis.call('flushdb')
+    if claim then redis.call('set', KEYS[1], claim, 'EX', 3600) end
+"""
+
+
+def flush_redis(url: str) -> None:
+    """Empty a test's Redis database (url from redis_db) as a FLUSHDB or a restart without persistence would."""
+    import redis
+
+    redis.Redis.from_url(url).eval(_FLUSH_KEEPING_CLAIM, 1, REDIS_CLAIM_KEY)
+
+
+def redis_keys(url: str) -> list[bytes]:
+    """The keys in a test's Redis database other than its claim."""
+    import redis
+
+    return [key for key in redis.Redis.from_url(url).keys() if key != REDIS_CLAIM_KEY.encode()]
 
 
 def delete_study(storage_url: str, name: str) -> None:
@@ -178,9 +203,9 @@ def wait_exit(proc: subprocess.Popen, *, timeout: float, log: Path) -> int:
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        proc.send_signal(signal.SIGABRT)  # faulthandler writes where each thread is stuck into the log
         proc.wait()
-        pytest.fail(f"worker {proc.pid} still running after {timeout:.0f}s; its log:\n{tail(log)}")
+        pytest.fail(f"worker {proc.pid} still running after {timeout:.0f}s; its log:\n{tail(log, lines=80)}")
 
 
 def checkpoints(folder: Path) -> list[Path]:
