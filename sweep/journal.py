@@ -90,7 +90,13 @@ def _is_record(line: bytes) -> bool:
 
 
 class CheckedJournalBackend(JournalFileBackend):
-    """Optuna's journal file backend that refuses to append after a bad tail.
+    """Optuna's journal file backend that refuses to append after a bad tail, and says so when the file it opened was
+    deleted or replaced under it.
+
+    Optuna's reader keeps byte offsets into the file it first read: a file deleted (its append would create a new one,
+    holding records for studies that are not in it) or replaced (a reader past its end sees nothing new) leaves this
+    process going on with a copy of studies that are no longer there. So every read and append checks that the path
+    is still the file opened (device and inode): FaultError, one line.
 
     The lock is a plain lock file (JournalFileOpenLock) rather than Optuna's default symlink lock, which points at the
     journal path as given: relative to the lock's own folder, a path like runs/sweep.log dangles, so a lock left by a
@@ -101,21 +107,43 @@ class CheckedJournalBackend(JournalFileBackend):
         self.lock = JournalFileOpenLock(path)
         super().__init__(path, lock_obj=self.lock)
         self.path = Path(path)
+        self.identity = _identity(self.path)
         with _held(self.lock):  # a writer may be mid-append: judge the file between two appends
             damage = find_damage(self.path)
         if damage is not None:
             raise FaultError(damage.refusal())
 
+    def read_logs(self, log_number_from: int):
+        self._check_same_file()
+        yield from super().read_logs(log_number_from)
+
     def append_logs(self, logs: list[dict]) -> None:
-        # Optuna's own append, with the tail checked under the same lock.
+        # Optuna's own append, with the file and its tail checked under the same lock.
         text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
         with _held(self.lock):
+            self._check_same_file()
             if (damage := tail_damage(self.path)) is not None:
                 raise FaultError(damage.refusal())
             with open(self.path, "ab") as f:
                 f.write(text.encode("utf-8"))
                 f.flush()
                 os.fsync(f.fileno())
+
+    def _check_same_file(self) -> None:
+        if _identity(self.path) != self.identity:
+            raise FaultError(
+                f"journal {self.path} was deleted or replaced by another file while this process used it; nothing was "
+                "written to it. Run the command again: it reads the file that is there now"
+            )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file is at path (device, inode); None when there is none."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class _held:

@@ -17,7 +17,7 @@ from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
 from sweep.objective import MODEL_ATTR, PLAN_ATTR, Objective, TrialPlan, name_metric
 from sweep.recipe import recipe_note, warmup_steps
 from sweep.runs import Runs
-from sweep.storage import mask, open_storage, scheme, sqlite_path, study_is_present
+from sweep.storage import mask, open_storage, sqlite_path
 from sweep.view import SweepView
 from sweep.workers import (
     FINISHED,
@@ -101,7 +101,7 @@ def run_sweep(
     else:
         stopped = run_trials(study, plan, storage=storage, trials=trials, timeout=timeout, view=view, liveness=liveness,
                              artifact_store=artifact_store, storage_url=storage_url)
-    check_study_exists(storage_url, study_name)
+    check_study_exists(storage, storage_url=storage_url, study_name=study_name)
     plot = save_lr_plot(study, path=runs.lr_plot(storage_url, study_name), artifact_store=artifact_store)
     return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped, lost_workers=lost, workers=devices)
 
@@ -201,7 +201,7 @@ def run_trials(
     with interrupts:
         while not failures.stopped and (deadline is None or time.monotonic() < deadline):
             interrupts.check()
-            check_study_exists(storage_url, study.study_name)
+            check_study_exists(storage, storage_url=storage_url, study_name=study.study_name)
             reap_dead_trials(study, storage=storage, grace=liveness.grace, max_retries=liveness.max_retries)
             budget = Budget.of(study, total=trials)
             if budget.done:
@@ -227,13 +227,14 @@ def run_trials(
     return failures.stopped
 
 
-def check_study_exists(storage_url: str, study_name: str) -> None:
-    """FaultError when the study is gone from its journal file (deleted, or replaced by another), which this process
-    cannot see in its own copy of the log: it would report a sweep that no longer exists."""
-    if not study_is_present(storage_url, study_name):
+def check_study_exists(storage: optuna.storages.BaseStorage, *, storage_url: str, study_name: str) -> None:
+    """FaultError when the study was deleted mid-sweep (`optuna delete-study`, the dashboard, another tool): this
+    process would go on adding trials to a study no longer listed. A journal that lost its records, or its file, says
+    so itself on every read (sweep.journal)."""
+    if study_name not in {study.study_name for study in storage.get_all_studies()}:
         raise FaultError(
-            f"study {study_name} vanished from {mask(storage_url)} mid-sweep (the file was deleted or replaced); "
-            "its results are lost, run the command again to start over"
+            f"study {study_name} was deleted from {mask(storage_url)} mid-sweep; its results are lost, run the command "
+            "again to start over"
         )
 
 

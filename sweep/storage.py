@@ -52,15 +52,6 @@ def check_url(url: str) -> None:
         )
 
 
-def study_is_present(storage_url: str, study_name: str) -> bool:
-    """Whether a study this process works on is still in its journal file: the file can be deleted, or replaced by
-    another, while this process keeps replaying its own copy of the log. A Redis journal says so itself
-    (CheckedRedisBackend), and a database storage by failing loudly, so they are not asked."""
-    if scheme(storage_url) is None:
-        return Path(storage_url).exists() and study_name in optuna.get_all_study_names(storage=open_storage(storage_url))
-    return True
-
-
 def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
     """The Optuna storage behind url; an unreachable database is an InputError with the password masked.
 

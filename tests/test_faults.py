@@ -4,6 +4,7 @@ what happened (exit 1), never a traceback or a silently wrong result."""
 
 import contextlib
 import json
+import re
 import sqlite3
 import subprocess
 import uuid
@@ -30,6 +31,7 @@ from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixtur
 
 from sweep.cli import main
 from sweep.journal import find_damage, tail_damage
+from sweep.lr import check_study_exists
 from sweep.storage import open_storage
 from train_core.errors import FaultError
 from train_core.memory import parameter_count
@@ -87,6 +89,39 @@ def test_the_tail_check_before_each_append_finds_what_the_full_scan_finds(tmp_pa
         assert (full is None) == (fast is None), tail_bytes[:20]
         if full is not None:
             assert (fast.offset, fast.bad_bytes) == (full.offset, full.bad_bytes), tail_bytes[:20]
+
+
+@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+def test_a_journal_file_deleted_or_replaced_under_a_process_is_said_and_not_written_to(fault, tmp_path):
+    journal = tmp_path / "sweep.log"
+    study = optuna.create_study(study_name="s", storage=open_storage(str(journal)))
+    study.enqueue_trial({"lr": 1e-3})
+    other = tmp_path / "other.log"
+    optuna.create_study(study_name="other", storage=open_storage(str(other)))
+    if fault == "deleted":
+        journal.unlink()
+    else:
+        other.replace(journal)  # another journal moved into its place, as a restore from a backup would
+    before = journal.read_bytes() if journal.exists() else None
+
+    for call in (lambda: study.trials, lambda: study.set_user_attr("after", 1)):
+        with pytest.raises(FaultError, match="was deleted or replaced by another file while this process used it"):
+            call()
+
+    assert (journal.read_bytes() if journal.exists() else None) == before  # not recreated, nothing appended
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_study_deleted_mid_sweep_is_said_in_one_line(kind, tmp_path):
+    url = f"sqlite:///{tmp_path}/sweep.db" if kind == "sqlite" else str(tmp_path / "sweep.log")
+    storage = open_storage(url)
+    optuna.create_study(study_name="s", storage=storage)
+    check_study_exists(storage, storage_url=url, study_name="s")
+
+    optuna.delete_study(study_name="s", storage=open_storage(url))  # another process: `optuna delete-study`
+
+    with pytest.raises(FaultError, match=f"study s was deleted from {re.escape(url)} mid-sweep"):
+        check_study_exists(storage, storage_url=url, study_name="s")
 
 
 # --- SQLite ---------------------------------------------------------------------------------------------------------
