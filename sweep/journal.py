@@ -192,6 +192,7 @@ class CheckedRedisBackend(JournalRedisBackend):
 
     LAST = ":log_number"  # Optuna's keys (no prefix): the last record's number, and record N at RECORD + N
     RECORD = ":log:"
+    SNAPSHOT = ":snapshot"
     # KEYS[1]: LAST; ARGV[1]: RECORD; ARGV[2]: the records this process has read; ARGV[3..]: the records to append.
     APPEND = """
         local last = tonumber(redis.call('get', KEYS[1]) or '-1')
@@ -204,11 +205,13 @@ class CheckedRedisBackend(JournalRedisBackend):
         return {1, last}
     """
 
-    def __init__(self, url: str, *, label: str):
+    def __init__(self, url: str, *, label: str, timeout: float):
         import redis  # installed with the Redis journal it serves
 
         super().__init__(url)
-        self.client = redis.Redis.from_url(url)
+        # Timeouts of its own: a server that accepts and never answers must not hold the sweep forever, whatever
+        # redis-py's defaults (none before 6).
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         self.append = self.client.register_script(self.APPEND)
         self.label = label
         self.records_read = 0
@@ -228,6 +231,12 @@ class CheckedRedisBackend(JournalRedisBackend):
         written, last = self.append(keys=[self.LAST], args=[self.RECORD, self.records_read, *map(json.dumps, logs)])
         if not written:
             self._check(last, read=self.records_read)
+
+    def save_snapshot(self, snapshot: bytes) -> None:
+        self.client.set(self.SNAPSHOT, snapshot)
+
+    def load_snapshot(self) -> bytes | None:
+        return self.client.get(self.SNAPSHOT)
 
     def _check(self, last: int, *, read: int) -> None:
         if last + 1 < read:

@@ -19,6 +19,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from sweep.journal import CheckedJournalBackend, CheckedRedisBackend
 from train_core.errors import FaultError, InputError
 
+CONNECT_TIMEOUT_S = 10  # how long a storage server may take to answer (a connection; on Redis, any command)
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 # The password runs to the URL's last '@': a raw '@' inside it (unencoded) must not leave its tail in the clear.
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S*@", re.IGNORECASE)
@@ -67,7 +68,7 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(CheckedJournalBackend(url))
         if kind == "redis":
-            return JournalStorage(CheckedRedisBackend(url, label=mask(url)))
+            return JournalStorage(CheckedRedisBackend(url, label=mask(url), timeout=CONNECT_TIMEOUT_S))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             return RDBStorage(_with_driver(url, kind), engine_kwargs=_engine_kwargs(kind))
@@ -224,4 +225,5 @@ def _engine_kwargs(kind: str) -> dict:
     if kind == "sqlite":
         # Wait for a writer instead of failing at once with "database is locked".
         return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True}
+    # A server that accepts the connection and never answers (a hung server, a stuck proxy) would hold libpq forever.
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}

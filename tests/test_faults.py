@@ -32,8 +32,9 @@ from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixtur
 from sweep.cli import main
 from sweep.journal import find_damage, tail_damage
 from sweep.lr import check_study_exists
+import sweep.storage as storage_module
 from sweep.storage import open_storage
-from train_core.errors import FaultError
+from train_core.errors import FaultError, InputError
 from train_core.memory import parameter_count
 from train_core.model import GPT
 
@@ -376,6 +377,24 @@ def test_an_unreachable_storage_is_found_before_the_corpus_is_tokenized(data, tm
     assert code == 2
     assert "cannot open storage" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+def test_a_storage_server_that_never_answers_is_refused(kind, monkeypatch):
+    """A server that accepts connections and never answers (a hung server, a stuck proxy): libpq waited forever."""
+    import socket
+
+    monkeypatch.setattr(storage_module, "CONNECT_TIMEOUT_S", 1)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nothing ever reads or answers
+        url = f"{kind}://u@127.0.0.1:{silent.getsockname()[1]}/0"
+
+        answers = within(30, lambda: open_storage(url))
+
+    assert len(answers) == 1, "still waiting for the server"
+    assert isinstance(answers[0], InputError), answers  # exit 2 and one line, as for any storage that cannot be opened
+    assert f"cannot open storage {url}" in str(answers[0]) and "time" in str(answers[0]), answers
 
 
 # --- a model that cannot fit ----------------------------------------------------------------------------------------
