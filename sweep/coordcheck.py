@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
+from sweep.plots import save_figure
 from sweep.width import at_width
 from train_core.config import TrainConfig
 from train_core.model import GPT
@@ -170,8 +171,4 @@ def save_coord_plot(check: CoordCheck, path: Path, *, title: str) -> Path:
     for ax in axes[-1]:
         ax.set_xlabel("width (n_embd)", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=72)

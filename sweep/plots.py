@@ -106,12 +106,19 @@ def draw_range_plot(lrs: list[float], losses: list[float], *, steepest: float, l
 
 
 def _finish(fig, ax, *, title: str, path: Path) -> None:
-    """Title, grid and legend, then the PNG written and the figure freed (pyplot keeps every open figure)."""
-    import matplotlib.pyplot as plt
-
+    """Title, grid and legend, then the PNG written."""
     ax.set_title(title)
     ax.grid(alpha=0.25, which="both")
     ax.legend(fontsize="small")
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path, *, dpi: int = 120) -> Path:
+    """The figure laid out and written as a PNG at path, then freed (pyplot keeps every open figure)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
+    return path

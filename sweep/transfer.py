@@ -20,6 +20,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from sweep.analysis import PowerLaw, fit_power_law
 from sweep.objective import MODEL_ATTR
+from sweep.plots import save_figure
 from sweep.recipe import Recipe
 from sweep.runs import transfer_study, width_recipe_name
 from sweep.trust import CurveBottom, curve_bottom
@@ -130,11 +131,7 @@ def save_transfer_plot(fit: TransferFit, path: Path, *, title: str) -> Path:
     slope = f", best lr ∝ width^{fit.law.exponent:.2f}" if fit.law else ""
     ax.set_title(f"{title}{slope}", fontsize=9)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def width_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, recipe: Recipe, lr: float,

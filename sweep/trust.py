@@ -31,7 +31,7 @@ from sweep.analysis import (
     seeds_needed,
 )
 from sweep.objective import TrialPlan
-from sweep.plots import draw_range_plot
+from sweep.plots import draw_range_plot, save_figure
 from sweep.recipe import Recipe, run_config
 from sweep.runs import confirm_study, horizon_study, range_study
 from train_core.errors import InputError
@@ -301,8 +301,4 @@ def save_horizon_plot(fit: HorizonFit, path: Path) -> Path:
     ax.set_xlabel("training tokens")
     ax.set_ylabel("best peak lr")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
