@@ -1,6 +1,7 @@
-"""Chaos: a `--workers 2` sweep killed at random, on a journal file and on PostgreSQL, against an uninterrupted run.
+"""Chaos: a `--workers 2` sweep killed at random, on a journal file, PostgreSQL and Redis, against an uninterrupted run.
 
-    python benchmarks/chaos.py [--kills 20] [--steps 300] [--grid-points 10] [--storages journal,postgresql] [--postgres URL] [--seed 0] [--gap 4]
+    python benchmarks/chaos.py [--kills 20] [--steps 300] [--grid-points 10] [--storages journal,postgresql,redis]
+                               [--postgres URL] [--redis URL] [--seed 0] [--gap 4]
 
 For each storage, a grid sweep (10 LRs x 2 warmups, pruning off, so that every trial's result is a pure function of
 its point) runs once undisturbed: the reference. Then the same sweep runs while one of these happens at random
@@ -9,12 +10,13 @@ moments (0.5 s to --gap apart, once both workers run), until --kills of them hav
 - worker: SIGKILL to one of the two workers (an OOM kill); the other reaps its trial and resumes it;
 - parent: SIGKILL to the `--workers` parent; its workers get SIGTERM (they die with it), mark their trials
   interrupted, and the command is started again, as a scheduler would, and resumes them;
-- connections (PostgreSQL): every connection to the sweep's database is dropped (pg_terminate_backend), as a server
-  restart or an idle-connection killer does; the writes in flight are retried.
+- connections (PostgreSQL, Redis): every connection to the sweep's database is dropped (pg_terminate_backend, CLIENT
+  KILL), as a server restart or an idle-connection killer does; the writes in flight are retried.
 
 After the last kill the command is run until it exits 0. Then the checks: every grid point finished, none RUNNING,
 no trial lost to a storage fault (each FAIL has a retry), and the best trial equal to the reference's (its point and
-its val loss, bit for bit: resumes are exact). PostgreSQL uses a database of its own, dropped at the end.
+its val loss, bit for bit: resumes are exact). PostgreSQL uses a database of its own, dropped at the end; Redis the
+first empty database from 15 down, emptied at the end.
 
 Timings depend on the machine's load: the figures that matter are the counts and the checks.
 """
@@ -96,6 +98,13 @@ def children(pid: int) -> list[int]:
 
 
 def drop_connections(url: str) -> int:
+    if url.startswith("redis://"):
+        import redis
+
+        client = redis.Redis.from_url(url)
+        me, db = client.client_id(), str(client.connection_pool.connection_kwargs.get("db", 0))
+        ids = [c["id"] for c in client.client_list(_type="normal") if c["db"] == db and c["id"] != str(me)]
+        return sum(client.client_kill_filter(_id=i) for i in ids)
     import psycopg2
 
     with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
@@ -107,7 +116,7 @@ def drop_connections(url: str) -> int:
 
 def run_chaos(cmd: list[str], cwd: Path, log: Path, *, kills: int, storage: str, rng: random.Random,
               gap: float) -> Chaos:
-    actions = ["worker", "parent"] + (["connections"] if storage.startswith("postgresql") else [])
+    actions = ["worker", "parent"] + (["connections"] if storage.startswith(("postgresql", "redis")) else [])
     chaos = Chaos()
     started = time.perf_counter()
     with open(log, "ab") as out:
@@ -152,6 +161,14 @@ def run_chaos(cmd: list[str], cwd: Path, log: Path, *, kills: int, storage: str,
         chaos.exit_codes.append(0)
     chaos.wall = time.perf_counter() - started
     return chaos
+
+
+def error_lines(log: Path) -> dict[str, int]:
+    """The sweep's `error: ...` lines (how each failed start ended), with the numbers in them masked, and counts."""
+    import re
+
+    lines = [re.sub(r"\d+", "N", line) for line in log.read_text(errors="replace").splitlines() if line.startswith("error:")]
+    return {line: lines.count(line) for line in sorted(set(lines))}
 
 
 def _state(pid: int) -> str:
@@ -208,14 +225,33 @@ def scratch_database(url: str):
         admin.close()
 
 
+@contextlib.contextmanager
+def scratch_redis(url: str):
+    """redis://.../<db>: the first empty database from 15 down, emptied afterwards (the journal's keys have no prefix)."""
+    import redis
+
+    base = url.rstrip("/")
+    for db in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{base}/{db}")
+        if client.dbsize() == 0:
+            break
+    else:
+        raise SystemExit(f"no empty Redis database among 1..15 at {base}")
+    try:
+        yield f"{base}/{db}"
+    finally:
+        client.flushdb()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="kills per storage (default 20)")
     parser.add_argument("--steps", type=int, default=300, help="steps per trial (default 300)")
     parser.add_argument("--grid-points", type=int, default=10, help="LRs of the grid, x 2 warmups (default 10)")
-    parser.add_argument("--storages", default="journal,postgresql")
+    parser.add_argument("--storages", default="journal,postgresql,redis")
     parser.add_argument("--postgres", default=os.environ.get("SWEEP_TEST_POSTGRES",
                                                              "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--redis", default=os.environ.get("SWEEP_TEST_REDIS", "redis://127.0.0.1:6379"))
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
     parser.add_argument("--gap", type=float, default=4.0, help="longest wait between kills, seconds (default 4)")
     args = parser.parse_args()
@@ -228,6 +264,8 @@ def main() -> int:
             with contextlib.ExitStack() as stack:
                 if kind == "journal":
                     storage, reference = str(folder / "chaos.log"), str(folder / "reference.log")
+                elif kind == "redis":
+                    storage = reference = stack.enter_context(scratch_redis(args.redis))
                 else:
                     storage = reference = stack.enter_context(scratch_database(args.postgres))
                 started = time.perf_counter()
@@ -239,7 +277,8 @@ def main() -> int:
                                   storage=storage, rng=rng, gap=args.gap)
                 results[kind] = {"reference wall s": round(ref_wall, 1), "chaos wall s": round(chaos.wall, 1),
                                  "kills": chaos.kills, "command starts": chaos.starts, "orphaned workers": chaos.orphans,
-                                 "exit codes": chaos.exit_codes} | check(storage, "chaos", reference, "reference")
+                                 "exit codes": chaos.exit_codes, "error lines": error_lines(log)}
+                results[kind] |= check(storage, "chaos", reference, "reference")
                 print(f"== {kind} ({mask(storage) if kind != 'journal' else 'journal file'})", flush=True)
                 for key, value in results[kind].items():
                     print(f"   {key}: {value}", flush=True)
