@@ -176,10 +176,13 @@ class RetryingStorage(BaseStorage):
     """A server database (PostgreSQL, MySQL) whose calls survive a dropped connection: a call that fails because its
     connection was lost is retried on a new one after RETRY_DELAYS_S, and fails with a FaultError after the last.
 
-    A storage error inside a trial is a fault of the storage, not of the trial. Calls that create a row
-    (create_new_trial, create_new_study) are not retried: a lost acknowledgement would create it twice. It wraps the
-    RDBStorage instead of subclassing it, since Optuna would wrap a subclass in its cache, which calls private
-    methods of the RDBStorage that no public override can reach.
+    A storage error inside a trial is a fault of the storage, not of the trial. Calls that create a row are retried
+    too: a connection lost before the commit rolled the row back, so the retry makes it once. Only an acknowledgement
+    lost after the commit (a far narrower window) makes it twice: a study's retry then meets its own row, which
+    create_study(load_if_exists=True) loads, and a trial's leaves an extra RUNNING trial that no worker stamps, reaped
+    after --grace like a dead worker's. Not retrying them instead ended the worker (an `ask` in flight when the
+    connection dropped). It wraps the RDBStorage instead of subclassing it, since Optuna would wrap a subclass in its
+    cache, which calls private methods of the RDBStorage that no public override can reach.
     """
 
     def __init__(self, inner: RDBStorage, *, label: str):
@@ -208,16 +211,8 @@ def _retrying(name: str):
     return call
 
 
-def _once(name: str):
-    def call(self, *args, **kwargs):
-        return getattr(self.inner, name)(*args, **kwargs)
-
-    call.__name__ = name
-    return call
-
-
 for _name in sorted(BaseStorage.__abstractmethods__) + ["remove_session"]:
-    setattr(RetryingStorage, _name, (_once if _name.startswith("create_new") else _retrying)(_name))
+    setattr(RetryingStorage, _name, _retrying(_name))
 abc.update_abstractmethods(RetryingStorage)
 
 
