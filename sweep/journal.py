@@ -14,9 +14,12 @@ import json
 import os
 import shutil
 import time
+import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalRedisBackend
 
 from train_core.errors import FaultError, InputError
@@ -188,31 +191,43 @@ class CheckedRedisBackend(JournalRedisBackend):
     which leaves no record 0), and a process that had read past the new numbering goes on with studies that are gone.
     So each read is checked, and each append is checked in the same script that writes it: FaultError, one line, and
     nothing written into the emptied database. The keys are Optuna's, so Optuna (and optuna-dashboard) read it as theirs.
+    An append is written once even when redis-py sends it again after a dropped connection lost its reply (a record
+    twice would make a trial twice, or fail this process's replay of a finished trial's second ending).
     """
 
     LAST = ":log_number"  # Optuna's keys (no prefix): the last record's number, and record N at RECORD + N
     RECORD = ":log:"
     SNAPSHOT = ":snapshot"
-    # KEYS[1]: LAST; ARGV[1]: RECORD; ARGV[2]: the records this process has read; ARGV[3..]: the records to append.
+    WRITER = "lr-sweep:journal-writer:{}"  # ours: the token of this writer's last append, for a day
+    # KEYS: LAST, this writer's WRITER key. ARGV: RECORD, the records this process has read, this append's token, the
+    # records. A token already there is redis-py's retry of an append whose reply was lost: written once, not twice.
     APPEND = """
         local last = tonumber(redis.call('get', KEYS[1]) or '-1')
         if last + 1 < tonumber(ARGV[2]) then return {0, last} end
-        for i = 3, #ARGV do
+        if redis.call('get', KEYS[2]) == ARGV[3] then return {1, last} end
+        for i = 4, #ARGV do
             last = last + 1
             redis.call('set', ARGV[1] .. last, ARGV[i])
         end
         redis.call('set', KEYS[1], last)
+        redis.call('set', KEYS[2], ARGV[3], 'EX', 86400)
         return {1, last}
     """
 
-    def __init__(self, url: str, *, label: str, timeout: float):
+    def __init__(self, url: str, *, label: str, timeout: float, retry):
         import redis  # installed with the Redis journal it serves
 
-        super().__init__(url)
-        # Timeouts of its own: a server that accepts and never answers must not hold the sweep forever, whatever
-        # redis-py's defaults (none before 6).
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        with warnings.catch_warnings():  # "experimental": a notice for whoever chose this class, which is us, not the user
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            super().__init__(url)
+        # A server that is down or wrong is said at once (from_url's clients retry nothing); one that accepts and
+        # never answers, after `timeout`, whatever redis-py's defaults.
+        with redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout) as probe:
+            probe.ping()
+        # From here on a command whose connection dropped is sent again, as `retry` says.
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=retry)
         self.append = self.client.register_script(self.APPEND)
+        self.writer = self.WRITER.format(uuid.uuid4().hex)
         self.label = label
         self.records_read = 0
 
@@ -228,7 +243,11 @@ class CheckedRedisBackend(JournalRedisBackend):
             yield json.loads(record)
 
     def append_logs(self, logs: list[dict]) -> None:
-        written, last = self.append(keys=[self.LAST], args=[self.RECORD, self.records_read, *map(json.dumps, logs)])
+        # One JournalStorage appends one batch at a time (under its lock), so a retry only ever repeats the last one.
+        token = uuid.uuid4().hex
+        written, last = self.append(
+            keys=[self.LAST, self.writer], args=[self.RECORD, self.records_read, token, *map(json.dumps, logs)]
+        )
         if not written:
             self._check(last, read=self.records_read)
 

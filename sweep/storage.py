@@ -68,7 +68,9 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(CheckedJournalBackend(url))
         if kind == "redis":
-            return JournalStorage(CheckedRedisBackend(url, label=mask(url), timeout=CONNECT_TIMEOUT_S))
+            return JournalStorage(
+                CheckedRedisBackend(url, label=mask(url), timeout=CONNECT_TIMEOUT_S, retry=_redis_retry())
+            )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             return RDBStorage(_with_driver(url, kind), engine_kwargs=_engine_kwargs(kind))
@@ -157,6 +159,18 @@ class StorageFault(FaultError):
 # Waits before the retries of a storage call that lost its connection: about 45 s in all, which covers a server
 # restart or a failover; a storage down for longer is a fault the run cannot survive.
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0)
+
+
+def _redis_retry():
+    """redis-py's retries of a command whose connection dropped: after RETRY_DELAYS_S, as for a database."""
+    from redis.backoff import AbstractBackoff
+    from redis.retry import Retry
+
+    class Delays(AbstractBackoff):
+        def compute(self, failures: int) -> float:
+            return RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S)) - 1]
+
+    return Retry(Delays(), len(RETRY_DELAYS_S))
 
 
 def is_connection_loss(error: BaseException) -> bool:

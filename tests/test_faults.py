@@ -289,6 +289,14 @@ def test_a_study_flushed_from_redis_mid_sweep_fails_loudly(data, tmp_path):
     assert left == []  # nothing written into the emptied database
 
 
+def redis_records(url: str) -> list[bytes]:
+    """The Redis journal's records, in order."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    return [client.get(f":log:{n}") for n in range(int(client.get(":log_number")) + 1)]
+
+
 def journal_of(url: str, records: int) -> None:
     """A study in the Redis journal at url, holding at least `records` records."""
     study = optuna.create_study(study_name="s", storage=open_storage(url))
@@ -357,6 +365,70 @@ def test_a_process_whose_redis_journal_was_emptied_says_so_and_writes_nothing_in
         assert_emptied(within(30, lambda: study.trials))
         assert_emptied(within(30, lambda: study.set_user_attr("after", 1)))
         assert redis_keys(url) == []
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy to Redis that, once armed, forwards the next request holding `marker` and then drops the connection
+    instead of its reply: the server did the work, the client never heard, and redis-py sends the command again."""
+
+    def __init__(self, target: tuple[str, int], marker: bytes):
+        import socket
+        import threading
+
+        self.target, self.marker = target, marker
+        self.armed = threading.Event()
+        self.dropped = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.listener.getsockname()[1]
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            client, _ = self.listener.accept()
+            server = socket.create_connection(self.target)
+            sent = threading.Event()  # this connection forwarded the marked request
+            threading.Thread(target=self._pump, args=(client, server, sent, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, sent, False), daemon=True).start()
+
+    def _pump(self, source, sink, sent, requests: bool) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not requests and sent.is_set():  # the reply to the marked request: lose it
+                    self.dropped.set()
+                    break
+                sink.sendall(data)
+                if requests and self.armed.is_set() and self.marker in data:
+                    self.armed.clear()
+                    sent.set()
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)  # wakes the other direction's recv, which a close would not
+                end.close()
+
+
+def test_an_append_whose_reply_was_lost_is_written_once():
+    from urllib.parse import urlsplit
+
+    with redis_db() as url:
+        parts = urlsplit(url)
+        proxy = ReplyDroppingProxy((parts.hostname, parts.port), marker=b"EVALSHA")
+        study = optuna.create_study(study_name="s", storage=open_storage(f"redis://127.0.0.1:{proxy.port}{parts.path}"))
+        study.enqueue_trial({"lr": 1e-3})  # the script is loaded: from here on, appends are EVALSHA
+        proxy.armed.set()
+
+        study.set_user_attr("once", 1)
+
+        assert proxy.dropped.is_set()  # the reply was really lost, and the append sent again
+        records = [json.loads(r) for r in redis_records(url)]
+        assert [r.get("user_attr") for r in records if r.get("user_attr")] == [{"once": 1}]
 
 
 def test_the_checked_redis_journal_is_optunas_own_journal():
