@@ -473,10 +473,19 @@ def _run_sweep(args, console: "Console", plan):
         )
 
 
+def _check_fits(args, recipe) -> None:
+    """InputError unless the recipe's model fits this machine once per worker sharing a device."""
+    from sweep.workers import workers_per_device
+    from train_core.memory import check_fits
+    from train_core.trainer import resolve_device
+
+    device = resolve_device(recipe.train.device)
+    check_fits(recipe.train, device=device, processes=workers_per_device(workers=args.workers, device_type=device.type))
+
+
 def cmd_lr(args, console: "Console") -> int:
     import torch
-    from train_core.memory import check_fits
-    from train_core.trainer import open_data, resolve_device
+    from train_core.trainer import open_data
     from sweep.recipe import load_recipe
     from sweep.report import print_summary
     from sweep.storage import check_reachable, open_storage, sqlite_path
@@ -484,7 +493,7 @@ def cmd_lr(args, console: "Console") -> int:
     recipe = load_recipe(resolve_study(args.study))
     plan = _sweep_plan(args, recipe, steps=args.steps)  # checks the flags before the range test spends time
     _check_range_flags(args, prefix="--range-")
-    check_fits(recipe.train, device=resolve_device(recipe.train.device))  # before a study is created
+    _check_fits(args, recipe)  # before a study is created
     check_reachable(args.storage)  # before the corpus is tokenized
     open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)  # missing or bad token files: exit 2 now
     if args.threads:
@@ -528,14 +537,13 @@ def cmd_horizon(args, console: "Console") -> int:
     from sweep.recipe import load_recipe
     from sweep.storage import check_reachable, open_storage
     from sweep.trust import fit_horizon, save_horizon_plot, store_horizon_fit
-    from train_core.memory import check_fits
-    from train_core.trainer import open_data, resolve_device
+    from train_core.trainer import open_data
 
     recipe = load_recipe(resolve_study(args.study))
     if len(set(args.steps)) < 2:
         raise InputError(f"--steps needs two or more horizons like 100,300,1000, got {args.steps}")
     plans = [_sweep_plan(args, recipe, steps=steps) for steps in sorted(set(args.steps))]
-    check_fits(recipe.train, device=resolve_device(recipe.train.device))  # before a study is created
+    _check_fits(args, recipe)  # before a study is created
     check_reachable(args.storage)  # before the corpus is tokenized
     open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)
     if len({plan.warmups for plan in plans}) > 1:

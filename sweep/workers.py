@@ -265,6 +265,15 @@ def worker_gpus(*, workers: int, gpus: list[str]) -> list[str | None]:
     return [gpus[index % len(gpus)] if gpus else None for index in range(workers)]
 
 
+def workers_per_device(*, workers: int, device_type: str) -> int:
+    """How many of this machine's `workers` processes train on one device at once: all of them on the CPU, else the
+    most that worker_gpus puts on one GPU."""
+    if device_type == "cpu":
+        return workers
+    gpus = worker_gpus(workers=workers, gpus=visible_gpus())
+    return max(gpus.count(gpu) for gpu in gpus)
+
+
 def describe_workers(study: optuna.Study, *, gpus: list[str | None], threads: int) -> list[str]:
     """A line per device for the summary: which workers it had and what their trials ran on (the `device` attr)."""
     if not any(gpus):

@@ -4,6 +4,7 @@ what happened (exit 1), never a traceback or a silently wrong result."""
 
 import contextlib
 import json
+import math
 import re
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ import uuid
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 from sweep_fixtures import load, run_lr, study_values, write_study
 from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixture)
@@ -32,10 +34,11 @@ from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixtur
 from sweep.cli import main
 from sweep.journal import find_damage, tail_damage
 from sweep.lr import check_study_exists
+from sweep.recipe import load_recipe
 import sweep.storage as storage_module
 from sweep.storage import open_storage
 from train_core.errors import FaultError, InputError
-from train_core.memory import parameter_count
+from train_core.memory import check_fits, device_memory, parameter_count, training_bytes
 from train_core.model import GPT
 
 TINY_STEPS = 5
@@ -506,3 +509,39 @@ def test_the_estimate_counts_the_parameters_the_model_has(make_config):
     for model in ({}, {"n_layer": 3, "n_embd": 48, "bias": False}):
         config = make_config(model=model)
         assert parameter_count(config) == GPT(config.model).num_params(non_embedding=False)
+
+
+def test_a_full_loss_counts_its_logits_and_a_chunked_one_does_not(make_config):
+    chunked, full = (make_config(model={"loss": loss}, dtype="bfloat16") for loss in ("chunked", "full"))
+    cpu = torch.device("cpu")
+
+    (state, chunked_activations), (_, full_activations) = (training_bytes(c, device=cpu) for c in (chunked, full))
+
+    m, b = full.model, full.batch
+    assert full_activations - chunked_activations == b.micro_batch_size * m.block_size * m.padded_vocab_size * 6
+    # `auto` is the full loss on a GPU (its logits counted) and the chunked one on a CPU
+    auto = make_config(model={"loss": "auto"}, dtype="bfloat16")
+    assert training_bytes(auto, device=torch.device("cuda")) == (state, full_activations)
+    assert training_bytes(auto, device=cpu) == (state, chunked_activations)
+
+
+def test_workers_sharing_the_machine_each_count(data, tmp_path, monkeypatch, capsys):
+    """A model that fits once but not three times is refused for `--workers 3`, before anything is created."""
+    monkeypatch.chdir(tmp_path)
+    memory, _ = device_memory(torch.device("cpu"))
+    values = study_values(data)
+    m = values["model"]
+    # n_embd whose weights and AdamW state (16 bytes a parameter: 12·n_layer·d² + vocab·d) take half of the RAM
+    a, b = 16 * 12 * m["n_layer"], 16 * m["vocab_size"]
+    width = int((-b + math.sqrt(b * b + 4 * a * 0.5 * memory)) / (2 * a))
+    m["n_embd"] = width - width % m["n_head"]
+    study = write_study(tmp_path / "half.yaml", values)
+    config = load_recipe(study).train
+    check_fits(config, device=torch.device("cpu"))  # one fits
+
+    code = run_lr(study, str(tmp_path / "sweep.log"), "--trials", "3", "--workers", "3")
+
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert "for each of 3 workers" in line and "fewer workers" in line, line
+    assert not (tmp_path / "sweep.log").exists()

@@ -201,9 +201,7 @@ class GPT(nn.Module):
             # tied weight untouched
             h = h * self.output_multiplier
         h, targets = h.view(-1, h.size(-1)), targets.view(-1)  # (B*T, C), (B*T,)
-        # Decided here, where the device is known: the chunks are sized for a CPU's caches (module docstring).
-        chunked = self.config.loss == "chunked" or (self.config.loss == "auto" and h.device.type == "cpu")
-        if chunked:
+        if chunked_loss(self.config, device_type=h.device.type):
             return chunked_cross_entropy(h, self.transformer.wte.weight, targets)
         return F.cross_entropy(F.linear(h, self.transformer.wte.weight), targets)  # logits (B*T, padded vocab)
 
@@ -214,6 +212,12 @@ class GPT(nn.Module):
         if self.config.parametrization == "mup":
             h = h * self.output_multiplier  # --- μP --- the logits multiplier, as in forward
         return (h @ self.transformer.wte.weight.t())[:, : self.config.vocab_size]  # padded rows are no tokens
+
+
+def chunked_loss(config: GPTConfig, *, device_type: str) -> bool:
+    """Whether the loss is computed in chunks on this kind of device: `auto` chunks on a CPU only, where the chunks
+    are sized for its caches (module docstring)."""
+    return config.loss == "chunked" or (config.loss == "auto" and device_type == "cpu")
 
 
 def chunked_cross_entropy(
