@@ -198,6 +198,7 @@ class CheckedRedisBackend(JournalRedisBackend):
     LAST = ":log_number"  # Optuna's keys (no prefix): the last record's number, and record N at RECORD + N
     RECORD = ":log:"
     SNAPSHOT = ":snapshot"
+    BATCH = 1000  # records fetched per round trip (Optuna's reader makes one per record)
     WRITER = "lr-sweep:journal-writer:{}"  # ours: the token of this writer's last append, for a day
     # KEYS: LAST, this writer's WRITER key. ARGV: RECORD, the records this process has read, this append's token, the
     # records. A token already there is redis-py's retry of an append whose reply was lost: written once, not twice.
@@ -235,12 +236,13 @@ class CheckedRedisBackend(JournalRedisBackend):
         value = self.client.get(self.LAST)
         last = -1 if value is None else int(value)
         self._check(last, read=max(log_number_from, self.records_read))
-        for number in range(log_number_from, last + 1):
-            record = self.client.get(f"{self.RECORD}{number}")
-            if record is None:
-                raise self._lost(f"record {number} of {last + 1} is missing")
-            self.records_read = number + 1
-            yield json.loads(record)
+        for start in range(log_number_from, last + 1, self.BATCH):
+            numbers = range(start, min(start + self.BATCH, last + 1))
+            for number, record in zip(numbers, self.client.mget([f"{self.RECORD}{n}" for n in numbers])):
+                if record is None:
+                    raise self._lost(f"record {number} of {last + 1} is missing")
+                self.records_read = number + 1
+                yield json.loads(record)
 
     def append_logs(self, logs: list[dict]) -> None:
         # One JournalStorage appends one batch at a time (under its lock), so a retry only ever repeats the last one.
