@@ -32,7 +32,7 @@ from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixtur
 )
 
 from sweep.cli import main
-from sweep.journal import find_damage, tail_damage
+from sweep.journal import CheckedRedisBackend, find_damage, tail_damage
 from sweep.lr import check_study_exists
 from sweep.recipe import load_recipe
 import sweep.storage as storage_module
@@ -434,11 +434,13 @@ def test_an_append_whose_reply_was_lost_is_written_once():
         assert [r.get("user_attr") for r in records if r.get("user_attr")] == [{"once": 1}]
 
 
-def test_the_checked_redis_journal_is_optunas_own_journal():
+@pytest.mark.parametrize("batch", [CheckedRedisBackend.BATCH, 7], ids=["one batch", "records of many batches"])
+def test_the_checked_redis_journal_is_optunas_own_journal(batch, monkeypatch):
     """optuna-dashboard (and any Optuna) reads what the sweep writes, and the sweep reads what Optuna writes."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalRedisBackend
 
+    monkeypatch.setattr(CheckedRedisBackend, "BATCH", batch)
     with redis_db() as url:
         ours = optuna.create_study(study_name="s", storage=open_storage(url))
         ours.optimize(lambda trial: trial.suggest_float("lr", 1e-4, 1e-2, log=True), n_trials=3)
