@@ -167,7 +167,8 @@ def error_lines(log: Path) -> dict[str, int]:
     """The sweep's `error: ...` lines (how each failed start ended), with the numbers in them masked, and counts."""
     import re
 
-    lines = [re.sub(r"\d+", "N", line) for line in log.read_text(errors="replace").splitlines() if line.startswith("error:")]
+    text = log.read_text(errors="replace")
+    lines = [re.sub(r"\d+", "N", line) for line in text.splitlines() if line.startswith("error:")]
     return {line: lines.count(line) for line in sorted(set(lines))}
 
 
