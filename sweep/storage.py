@@ -91,15 +91,21 @@ def check_reachable(url: str) -> None:
 
 
 def _open_rdb(url: str, kind: str) -> RDBStorage:
-    """RDBStorage, tried again when a connection it had was dropped (a server that refuses to connect is refused at
-    once: that is a wrong URL or a server that is down, see the unreachable-storage tests)."""
-    from sqlalchemy.exc import DBAPIError
+    """RDBStorage, once the server has answered. A server that refuses the connection or the login is refused at once
+    (a wrong URL, or a server that is down: see the unreachable-storage tests); after that, a connection lost while the
+    storage is set up (its tables checked or made) is retried after RETRY_DELAYS_S, like any later call."""
+    import sqlalchemy
 
-    for delay in (*RETRY_DELAYS_S[:3], None):
+    probe = sqlalchemy.create_engine(url, **_engine_kwargs(kind))
+    try:
+        probe.connect().close()
+    finally:
+        probe.dispose()
+    for delay in (*RETRY_DELAYS_S, None):
         try:
             return RDBStorage(url, engine_kwargs=_engine_kwargs(kind))
-        except DBAPIError as error:
-            if delay is None or not error.connection_invalidated:
+        except Exception as error:
+            if delay is None or not is_connection_loss(error):
                 raise
             threading.Event().wait(delay)
 
@@ -175,15 +181,16 @@ def _redis_retry():
 
 def is_connection_loss(error: BaseException) -> bool:
     """Whether error is the storage's connection dropping (a server restart, a failover, an idle-connection killer),
-    as opposed to a statement the database refused."""
+    as opposed to a statement the database refused. The drop may be only the context of the error raised: SQLAlchemy's
+    PendingRollbackError, met by the next statement of the transaction the drop cut, wrapped by Optuna."""
     from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
-    while error is not None:
-        if isinstance(error, DisconnectionError) or (isinstance(error, DBAPIError) and (
-                error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError)))):
-            return True  # InterfaceError: "connection already closed", a connection the server dropped earlier
-        error = error.__cause__
-    return False
+    # InterfaceError: "connection already closed", a connection the server dropped earlier
+    return any(
+        isinstance(cause, DisconnectionError) or (isinstance(cause, DBAPIError) and (
+            cause.connection_invalidated or isinstance(cause, (OperationalError, InterfaceError))))
+        for cause in causes(error)
+    )
 
 
 class RetryingStorage(BaseStorage):

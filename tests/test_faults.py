@@ -265,6 +265,61 @@ def test_a_postgres_connection_dropped_mid_sweep_is_retried_and_every_trial_comp
         assert connections_dropped(url) > times  # the connection was really dropped, `times` times
 
 
+@contextlib.contextmanager
+def connection_killed_before_statement(url: str, *, number: int, matching: str = ""):
+    """Inside the block, the connection that runs the `number`-th SQL statement containing `matching` is terminated by
+    the server just before that statement runs (once): a drop between two statements of one storage call. Yields the
+    statements seen up to the drop."""
+    import psycopg2
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    seen = []
+
+    def kill(conn, cursor, statement, parameters, context, executemany):
+        if matching in statement and len(seen) < number:
+            seen.append(statement)
+            if len(seen) == number:
+                with psycopg2.connect(url) as admin, admin.cursor() as cur:
+                    cur.execute("SELECT pg_terminate_backend(%s)", (cursor.connection.info.backend_pid,))
+
+    event.listen(Engine, "before_cursor_execute", kill)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", kill)
+
+
+def test_a_connection_dropped_between_two_statements_of_one_call_is_retried():
+    """The next statement of a transaction whose connection dropped raises SQLAlchemy's PendingRollbackError, with the
+    drop only as its context, which Optuna wraps in a StorageInternalError. Seen under chaos (a kill every 0.2 s): the
+    call was not retried, and the worker ended with "the storage failed"."""
+    with scratch_postgres_database() as url:
+        storage = open_storage(url)
+        study = optuna.create_study(study_name="s", storage=storage)
+        study.enqueue_trial({"lr": 1e-3})
+        study_id = storage.get_study_id_from_name("s")
+
+        with connection_killed_before_statement(url, number=2) as seen:
+            trials = storage.get_all_trials(study_id)
+
+        assert len(seen) == 2  # the drop really happened, mid-call
+        assert [t.system_attrs["fixed_params"] for t in trials] == [{"lr": 1e-3}]
+
+
+def test_a_postgres_connection_dropped_while_the_storage_is_opened_is_retried():
+    """A connection cut while Optuna checks its tables (the server restarting as a worker starts): the worker ended
+    with "cannot open storage ...: server closed the connection unexpectedly" (exit 2), seen under chaos."""
+    with scratch_postgres_database() as url:
+        open_storage(url)  # Optuna's tables
+
+        with connection_killed_before_statement(url, number=1, matching="version_info") as seen:
+            storage = open_storage(url)
+
+        assert len(seen) == 1  # the drop really happened
+        assert optuna.get_all_study_names(storage=storage) == []
+
+
 # --- Redis ----------------------------------------------------------------------------------------------------------
 
 
