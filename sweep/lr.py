@@ -231,11 +231,13 @@ def check_study_exists(storage: optuna.storages.BaseStorage, *, storage_url: str
     """FaultError when the study was deleted mid-sweep (`optuna delete-study`, the dashboard, another tool): this
     process would go on adding trials to a study no longer listed. A journal that lost its records, or its file, says
     so itself on every read (sweep.journal)."""
-    if study_name not in {study.study_name for study in storage.get_all_studies()}:
+    try:
+        storage.get_study_id_from_name(study_name)  # one indexed query, or the journal's new records
+    except KeyError:
         raise FaultError(
             f"study {study_name} was deleted from {mask(storage_url)} mid-sweep; its results are lost, run the command "
             "again to start over"
-        )
+        ) from None
 
 
 class _FailureStreak:

@@ -116,7 +116,7 @@ def test_a_journal_file_deleted_or_replaced_under_a_process_is_said_and_not_writ
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_a_study_deleted_mid_sweep_is_said_in_one_line(kind, tmp_path):
+def test_a_study_deleted_mid_sweep_is_a_fault_that_names_it(kind, tmp_path):
     url = f"sqlite:///{tmp_path}/sweep.db" if kind == "sqlite" else str(tmp_path / "sweep.log")
     storage = open_storage(url)
     optuna.create_study(study_name="s", storage=storage)
