@@ -45,3 +45,10 @@ def test_compare_workers_sweeps_a_study_with_each_worker_count(tmp_path, capsys)
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     table = [row[:2] for row in rows if len(row) == 7 and row[0] in ("1", "2")]  # workers, trials, wall s, ...
     assert table == [["1", "2"], ["2", "2"]], rows
+
+
+def test_storage_reads_times_the_study_check_and_a_redis_open_against_their_baselines(capsys):
+    assert _load("storage_reads").main(["--trials", "2", "--reports", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "replaying the file (before)" in out and "the sweep's own storage" in out, out
+    assert "Optuna's JournalRedisBackend" in out or "redis: skipped" in out, out
