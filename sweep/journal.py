@@ -96,7 +96,7 @@ class CheckedJournalBackend(JournalFileBackend):
     """Optuna's journal file backend that refuses to append after a bad tail, and says so when the file it opened was
     deleted or replaced under it.
 
-    Optuna's reader keeps byte offsets into the file it first read: a file deleted (its append would create a new one,
+    Optuna's reader keeps byte offsets into the file it first read: a file deleted (Optuna's append creates a new one,
     holding records for studies that are not in it) or replaced (a reader past its end sees nothing new) leaves this
     process going on with a copy of studies that are no longer there. So every read and append checks that the path
     is still the file opened (device and inode): FaultError, one line.
