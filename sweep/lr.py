@@ -4,6 +4,7 @@ import dataclasses
 import json
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
 from sweep.objective import MODEL_ATTR, PLAN_ATTR, Objective, TrialPlan, name_metric
 from sweep.recipe import recipe_note, warmup_steps
 from sweep.runs import Runs
-from sweep.storage import mask, open_storage, sqlite_path
+from sweep.storage import mask, open_storage, persistence_gap, sqlite_path
 from sweep.view import SweepView
 from sweep.workers import (
     FINISHED,
@@ -160,6 +161,8 @@ def open_study(
         pruner=make_pruner(plan.pruner_name, steps=plan.steps, warmup_steps=plan.warmups.longest),
     )
     if existing is None:
+        if (gap := persistence_gap(storage_url)) is not None:
+            warnings.warn(gap, stacklevel=1)  # once, by the process that makes the study (not by every worker)
         study.set_user_attr(PLAN_ATTR, space)
         study.set_user_attr("recipe", plan.recipe.text)
         study.set_user_attr("recipe_name", plan.recipe.name)

@@ -90,6 +90,29 @@ def check_reachable(url: str) -> None:
         open_storage(url)
 
 
+def persistence_gap(url: str) -> str | None:
+    """What a restart of the Redis at url would take from a study, in a line for a warning; None when it keeps
+    everything (appendonly yes), when url is not Redis, or when the server will not say (CONFIG is turned off on many
+    managed services)."""
+    if scheme(url) != "redis":
+        return None
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S)
+    try:
+        config = client.config_get("appendonly") | client.config_get("save")
+    except redis.ResponseError:
+        return None
+    finally:
+        client.close()
+    if config.get("appendonly") == "yes":
+        return None
+    lost = (f"what this study wrote since the last snapshot (save {config['save']})" if config.get("save")
+            else "this study (and save is off too)")
+    return (f"Redis at {mask(url)} has appendonly no: a restart loses {lost}, and the sweep ends there; set "
+            "appendonly yes to keep it (see the README's storages)")
+
+
 def _open_rdb(url: str, kind: str) -> RDBStorage:
     """RDBStorage, once the server has answered. A server that refuses the connection or the login is refused at once
     (a wrong URL, or a server that is down: see the unreachable-storage tests); after that, a connection lost while the

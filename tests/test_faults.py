@@ -355,6 +355,23 @@ def redis_records(url: str) -> list[bytes]:
     return [client.get(f":log:{n}") for n in range(int(client.get(":log_number")) + 1)]
 
 
+def test_a_study_made_on_a_redis_that_does_not_persist_is_warned_about_once(study, capsys):
+    import redis
+
+    with redis_db() as url:
+        persists = redis.Redis.from_url(url).config_get("appendonly")["appendonly"] == "yes"  # this server's own setting
+        made = run_lr(study, url, "--trials", "1", "--pruner", "none", steps=TINY_STEPS)
+        made_err = capsys.readouterr().err
+        continued = run_lr(study, url, "--trials", "2", "--pruner", "none", steps=TINY_STEPS)
+        continued_err = capsys.readouterr().err
+
+    assert (made, continued) == (0, 0)
+    warned = [line for line in made_err.splitlines() if "has appendonly no" in line]
+    assert len(warned) == (0 if persists else 1), made_err
+    assert all(line.startswith(f"warning: Redis at {url} has appendonly no") for line in warned), warned
+    assert "appendonly" not in continued_err  # said once, by the process that made the study
+
+
 def journal_of(url: str, records: int) -> None:
     """A study in the Redis journal at url, holding at least `records` records."""
     study = optuna.create_study(study_name="s", storage=open_storage(url))
