@@ -181,6 +181,14 @@ def repair_journal(path: Path) -> str:
     return f"{path}: cut off {damage.describe()}, which were not a whole record; backup of the whole file: {backup}"
 
 
+def redis_client(url: str, *, timeout: float, retry=None):
+    """A client of the Redis at url whose connects and commands give up after `timeout` seconds; it sends a command
+    again after a dropped connection as `retry` says (None: never, as from_url's clients do)."""
+    import redis  # installed with the Redis journal it serves
+
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=retry)
+
+
 class CheckedRedisBackend(JournalRedisBackend):
     """Optuna's Redis journal that says so when records it has read are gone, instead of waiting for them forever.
 
@@ -216,17 +224,15 @@ class CheckedRedisBackend(JournalRedisBackend):
     """
 
     def __init__(self, url: str, *, label: str, timeout: float, retry):
-        import redis  # installed with the Redis journal it serves
-
         with warnings.catch_warnings():  # "experimental": a notice for whoever chose this class, which is us, not the user
             warnings.simplefilter("ignore", ExperimentalWarning)
             super().__init__(url)
-        # A server that is down or wrong is said at once (from_url's clients retry nothing); one that accepts and
-        # never answers, after `timeout`, whatever redis-py's defaults.
-        with redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout) as probe:
+        # A server that is down or wrong is said at once (the probe retries nothing); one that accepts and never
+        # answers, after `timeout`, whatever redis-py's defaults.
+        with redis_client(url, timeout=timeout) as probe:
             probe.ping()
         # From here on a command whose connection dropped is sent again, as `retry` says.
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=retry)
+        self.client = redis_client(url, timeout=timeout, retry=retry)
         self.append = self.client.register_script(self.APPEND)
         self.writer = self.WRITER.format(uuid.uuid4().hex)
         self.label = label

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 
-from sweep.journal import CheckedJournalBackend, CheckedRedisBackend
+from sweep.journal import CheckedJournalBackend, CheckedRedisBackend, redis_client
 from train_core.errors import FaultError, InputError
 
 CONNECT_TIMEOUT_S = 10  # how long a storage server may take to answer (a connection; on Redis, any command)
@@ -98,7 +98,7 @@ def persistence_gap(url: str) -> str | None:
         return None
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S)
+    client = redis_client(url, timeout=CONNECT_TIMEOUT_S)
     try:
         config = client.config_get("appendonly") | client.config_get("save")
     except redis.ResponseError:
