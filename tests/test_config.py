@@ -5,7 +5,7 @@ import pytest
 
 from sweep.cli import main
 from sweep_fixtures import study_values, write_study
-from train_core.config import TrainConfig
+from train_core.config import ScheduleConfig, TrainConfig
 from train_core.errors import InputError
 
 
@@ -58,6 +58,32 @@ def test_non_positive_lr_is_refused(make_config, max_lr):
 def test_warmup_longer_than_the_run_is_refused(make_config):
     with pytest.raises(InputError, match=r"schedule.warmup_steps must be in \[0, max_steps=10\], got 11"):
         make_config(schedule={"warmup_steps": 11, "max_steps": 10})
+
+
+def test_unknown_schedule_shape_is_refused_naming_the_registered_ones(make_config):
+    registered = "'cosine', 'constant', 'wsd', 'exponential'"
+    with pytest.raises(InputError, match=f"schedule.shape must be one of {registered}, got 'linear'"):
+        make_config(schedule={"shape": "linear"})
+
+
+def test_unknown_schedule_shape_exits_2_with_one_line(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    values = study_values(data)
+    values["schedule"]["shape"] = "linear"
+    study = write_study(tmp_path / "bad.yaml", values)
+    assert main(["train", "--study", str(study), "--max-steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "schedule.shape must be one of" in err and "got 'linear'" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_stable_end_is_the_shapes_branch_point():
+    """wsd: where its cool-down starts, 100 - 0.2 x 100; the other shapes have no step longer runs share."""
+    wsd = ScheduleConfig(shape="wsd", warmup_steps=10, max_steps=100, cooldown_fraction=0.2)
+    assert wsd.stable_end == 80
+    assert ScheduleConfig(shape="wsd", warmup_steps=10, max_steps=1000, decay_steps=100).stable_end == 80
+    for shape in ("cosine", "constant", "exponential"):
+        assert ScheduleConfig(shape=shape, warmup_steps=10, max_steps=100).stable_end is None
 
 
 def test_batch_that_does_not_split_into_micro_steps_shows_the_numbers(make_config):

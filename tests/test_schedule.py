@@ -1,11 +1,11 @@
 """get_lr: linear warmup from max_lr/warmup, cosine to min_lr at the decay horizon, min_lr after it, or a constant
-plateau."""
+plateau, WSD, or the range test's ramp; the shapes come from one registry, SHAPES."""
 
 import math
 
 import pytest
 
-from train_core.schedule import cooldown_start, get_lr
+from train_core.schedule import SHAPES, cooldown_start, get_lr, sweep_shapes
 
 MAX_LR, MIN_RATIO, WARMUP, HORIZON = 6e-4, 0.1, 10, 110
 MIN_LR = MAX_LR * MIN_RATIO
@@ -91,3 +91,74 @@ def test_wsd_runs_of_any_length_agree_until_the_shorter_ones_cool_down():
 
 def test_wsd_cool_down_never_starts_inside_the_warmup():
     assert cooldown_start(warmup_steps=30, decay_steps=32, cooldown_fraction=0.5) == 30
+
+
+# --- the registry ---
+# Each shape's lr written out in closed form, with get_lr's arithmetic in its order, so that equality is exact.
+
+
+def warmup(step, max_lr, warmup_steps):
+    return max_lr * (step + 1) / warmup_steps
+
+
+def cosine(step, *, max_lr, warmup_steps, decay_steps, min_lr_ratio, cooldown_fraction):
+    min_lr = max_lr * min_lr_ratio
+    if step < warmup_steps:
+        return warmup(step, max_lr, warmup_steps)
+    if step >= decay_steps:
+        return min_lr
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ((step - warmup_steps) / (decay_steps - warmup_steps))))
+    return min_lr + coeff * (max_lr - min_lr)
+
+
+def constant(step, *, max_lr, warmup_steps, decay_steps, min_lr_ratio, cooldown_fraction):
+    return warmup(step, max_lr, warmup_steps) if step < warmup_steps else max_lr
+
+
+def wsd(step, *, max_lr, warmup_steps, decay_steps, min_lr_ratio, cooldown_fraction):
+    min_lr = max_lr * min_lr_ratio
+    start = max(warmup_steps, decay_steps - round(cooldown_fraction * decay_steps))
+    if step < warmup_steps:
+        return warmup(step, max_lr, warmup_steps)
+    if step >= decay_steps:
+        return min_lr
+    return max_lr if step < start else min_lr + (max_lr - min_lr) * (decay_steps - step) / (decay_steps - start)
+
+
+def exponential(step, *, max_lr, warmup_steps, decay_steps, min_lr_ratio, cooldown_fraction):
+    return max_lr * min_lr_ratio ** (1 - min(step / max(decay_steps - 1, 1), 1.0))
+
+
+CLOSED_FORMS = {"cosine": cosine, "constant": constant, "wsd": wsd, "exponential": exponential}
+
+
+def test_every_registered_shape_has_a_closed_form_here():
+    assert set(SHAPES) == set(CLOSED_FORMS)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("warmup_steps, cooldown_fraction", [(0, 0.2), (WARMUP, 0.2), (WARMUP, 0.5), (30, 1.0)])
+def test_get_lr_is_its_shapes_closed_form_at_every_step(shape, warmup_steps, cooldown_fraction):
+    values = dict(max_lr=MAX_LR, warmup_steps=warmup_steps, decay_steps=HORIZON, min_lr_ratio=MIN_RATIO,
+                  cooldown_fraction=cooldown_fraction)
+    for step in range(2 * HORIZON):
+        assert get_lr(step, shape=shape, **values) == CLOSED_FORMS[shape](step, **values), step
+
+
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+def test_every_registered_shape_has_a_one_line_description(shape):
+    assert shape.description.strip() and "\n" not in shape.description
+
+
+def test_sweeps_choose_among_every_shape_but_the_range_tests_ramp():
+    assert sweep_shapes() == ("cosine", "constant", "wsd")
+
+
+def test_only_wsd_has_a_branch_point_and_it_is_the_cool_down_start():
+    assert SHAPES["wsd"].branch_point(warmup_steps=WARMUP, decay_steps=100, cooldown_fraction=0.2) == 80
+    assert [name for name, shape in SHAPES.items() if shape.branch_point is not None] == ["wsd"]
+
+
+def test_unknown_shape_is_refused_naming_the_registered_ones():
+    with pytest.raises(ValueError, match="shape must be one of cosine, constant, wsd, exponential, got 'linear'"):
+        lr(0, shape="linear")

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from train_core.errors import InputError
 from train_core.model import GPTConfig
-from train_core.schedule import ScheduleShape, cooldown_start, get_lr
+from train_core.schedule import SHAPES, get_lr
 
 Dtype = Literal["auto", "float32", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -56,10 +56,11 @@ class ScheduleConfig:
     warmup_steps: int = 200
     max_steps: int = 4768
     decay_steps: int | None = None  # where the cosine reaches its floor; None means max_steps
-    shape: ScheduleShape = "cosine"
+    shape: str = "cosine"  # a name in train_core.schedule.SHAPES
     cooldown_fraction: float = 0.2  # wsd only: share of the decay horizon spent cooling down to the floor
 
     def __post_init__(self):
+        _check(self.shape in SHAPES, "schedule.shape", self.shape, "one of " + ", ".join(repr(s) for s in SHAPES))
         _check(self.max_lr > 0, "schedule.max_lr", self.max_lr, "> 0")
         _check(0 <= self.min_lr_ratio <= 1, "schedule.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         _check(self.max_steps >= 1, "schedule.max_steps", self.max_steps, "a positive integer")
@@ -95,10 +96,12 @@ class ScheduleConfig:
 
     @property
     def stable_end(self) -> int | None:
-        """wsd: the step its cool-down starts at, the state there being every longer run's state too; else None."""
-        if self.shape != "wsd":
+        """The shape's branch point (wsd: where its cool-down starts), the state there being every longer run's state
+        too; None for a shape without one."""
+        branch_point = SHAPES[self.shape].branch_point
+        if branch_point is None:
             return None
-        return cooldown_start(
+        return branch_point(
             warmup_steps=self.warmup_steps, decay_steps=self.decay_horizon, cooldown_fraction=self.cooldown_fraction
         )
 
