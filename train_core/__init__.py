@@ -1,23 +1,57 @@
 """GPT training shared by every sweep trial and every full run. Knows nothing of Optuna: `train`'s per-step
 callback is its only seam to the outside.
 
-The names below load on first use, so that importing one light module (train_core.errors, say) does not import
-torch: `python -m sweep --help` stays fast.
+train_core's public face is the list below: every name sweep/ and benchmarks/ need, imported from `train_core`
+rather than from its submodules. The names load on first use, so that importing train_core (for its errors or its
+schedule shapes, say) does not import torch: `python -m sweep --help` stays fast.
 """
 
 import importlib
 
 _HOMES = {
-    "CheckpointManager": "train_core.checkpoint",
-    "GPT": "train_core.model",
-    "GPTConfig": "train_core.model",
+    # errors: the two the command line turns into one line
     "FaultError": "train_core.errors",
     "InputError": "train_core.errors",
-    "StepMetrics": "train_core.trainer",
+    # config
+    "ScheduleConfig": "train_core.config",
     "TrainConfig": "train_core.config",
-    "TrainResult": "train_core.trainer",
+    # schedule
+    "SHAPES": "train_core.schedule",
     "get_lr": "train_core.schedule",
+    "sweep_shapes": "train_core.schedule",
+    # training
+    "StepMetrics": "train_core.trainer",
+    "TrainResult": "train_core.trainer",
+    "check_resumable": "train_core.trainer",
+    "check_same_parametrization": "train_core.trainer",
+    "device_label": "train_core.trainer",
+    "make_optimizer": "train_core.trainer",
+    "open_data": "train_core.trainer",
+    "resolve_device": "train_core.trainer",
+    "resolve_dtype": "train_core.trainer",
     "train": "train_core.trainer",
+    # model
+    "GPT": "train_core.model",
+    "GPTConfig": "train_core.model",
+    # checkpoints
+    "CheckpointManager": "train_core.checkpoint",
+    # tokens
+    "EOT_TOKEN": "train_core.tokenizer",
+    "VOCAB_SIZE": "train_core.tokenizer",
+    "gpt2_encoding": "train_core.tokenizer",
+    # data
+    "TokenData": "train_core.data",
+    "ensure_corpus": "train_core.data",
+    "prepare": "train_core.data",
+    "to_device": "train_core.data",
+    "write_llmc_shard": "train_core.data",
+    "write_nanogpt_bin": "train_core.data",
+    # run folders
+    "exclusive": "train_core.locks",
+    "hold_run_folder": "train_core.locks",
+    "this_process": "train_core.locks",
+    # memory
+    "check_fits": "train_core.memory",
 }
 __all__ = sorted(_HOMES)
 
