@@ -413,7 +413,7 @@ def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | No
     from sweep.components import make_pruner, make_sampler
     from sweep.objective import TrialPlan
     from sweep.recipe import WarmupSpec
-    from sweep.storage import check_url, scheme
+    from sweep.storage import kind_of
 
     lr_min, lr_max = lr_bounds or (None, None)
     plan = TrialPlan.from_flags(
@@ -432,8 +432,7 @@ def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | No
     )
     make_sampler(args.sampler, seed=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
     make_pruner(args.pruner, steps=steps, warmup_steps=0)
-    check_url(args.storage)
-    if args.workers > 1 and scheme(args.storage) == "sqlite":
+    if args.workers > 1 and not kind_of(args.storage).several_writers:
         raise InputError(
             f"--workers {args.workers} with SQLite storage: SQLite locks under several writers; use a journal file "
             "(--storage runs/sweep.log), postgresql://... or redis://..."
@@ -488,7 +487,7 @@ def cmd_lr(args, console: "Console") -> int:
     from train_core.trainer import open_data
     from sweep.recipe import load_recipe
     from sweep.report import print_summary
-    from sweep.storage import check_reachable, open_storage, sqlite_path
+    from sweep.storage import check_reachable, kind_of, open_storage
 
     recipe = load_recipe(resolve_study(args.study))
     plan = _sweep_plan(args, recipe, steps=args.steps)  # checks the flags before the range test spends time
@@ -517,7 +516,7 @@ def cmd_lr(args, console: "Console") -> int:
     print_summary(console, outcome.study)
     if outcome.plot:
         console.print(f"loss vs peak lr: {outcome.plot}", highlight=False)
-    if (path := sqlite_path(args.storage)) is not None:
+    if kind_of(args.storage).name == "sqlite" and (path := kind_of(args.storage).file(args.storage)) is not None:
         console.print(f"inspect: optuna-dashboard sqlite:///{path} --host 127.0.0.1 --artifact-dir {path.parent / 'artifacts'}",
                       highlight=False)
     if outcome.stopped_by_failures:
@@ -664,7 +663,7 @@ def cmd_train(args, console: "Console") -> int:
 
 
 def cmd_repair_journal(args, console: "Console") -> int:
-    from sweep.journal import repair_journal
+    from sweep.storage import repair_journal
 
     console.print(repair_journal(args.file), highlight=False)
     return 0

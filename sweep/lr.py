@@ -18,7 +18,7 @@ from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
 from sweep.objective import MODEL_ATTR, PLAN_ATTR, Objective, TrialPlan, name_metric
 from sweep.recipe import recipe_note, warmup_steps
 from sweep.runs import Runs
-from sweep.storage import mask, open_storage, persistence_gap, sqlite_path
+from sweep.storage import kind_of, mask, open_storage, persistence_gap
 from sweep.view import SweepView
 from sweep.workers import (
     FINISHED,
@@ -111,8 +111,8 @@ def sole_sqlite_writer(storage_url: str):
     """Context manager: this process is the only sweep on a SQLite storage for the block (nothing for other storages).
     SQLite takes one writer: a second sweep on the same file is refused instead of racing it (at creation, alembic's
     "UNIQUE constraint failed"; later, "database is locked", or two sweeps' trials interleaved in one study)."""
-    db = sqlite_path(storage_url)
-    if db is None:
+    kind = kind_of(storage_url)
+    if kind.several_writers or (db := kind.file(storage_url)) is None:
         return nullcontext()
     return exclusive(Path(f"{db}.lock"), what=f"storage sqlite:///{db}", advice=SQLITE_ADVICE)
 
@@ -233,7 +233,7 @@ def run_trials(
 def check_study_exists(storage: optuna.storages.BaseStorage, *, storage_url: str, study_name: str) -> None:
     """FaultError when the study was deleted mid-sweep (`optuna delete-study`, the dashboard, another tool): this
     process would go on adding trials to a study no longer listed. A journal that lost its records, or its file, says
-    so itself on every read (sweep.journal)."""
+    so itself on every read (sweep.storage.journal)."""
     try:
         storage.get_study_id_from_name(study_name)  # one indexed query, or the journal's new records
     except KeyError:

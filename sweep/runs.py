@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweep.storage.kinds import kind_of
+
 DEFAULT_RUNS_DIR = Path("runs")
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -114,7 +116,4 @@ class Runs:
 
     def _beside(self, storage_url: str) -> Path:
         """The folder of a SQLite or journal file storage; the runs folder for a server."""
-        from sweep.storage import scheme, sqlite_path  # here: storage imports Optuna, and `--help` needs none of it
-
-        path = sqlite_path(storage_url) or (None if scheme(storage_url) else Path(storage_url))
-        return path.parent if path else self.root
+        return kind_of(storage_url).artifact_root(storage_url, runs_root=self.root)

@@ -32,10 +32,10 @@ from worker_fixtures import (  # noqa: F401 (no_stray_workers: an autouse fixtur
 )
 
 from sweep.cli import main
-from sweep.journal import CheckedRedisBackend, find_damage, tail_damage
+from sweep.storage.journal import CheckedRedisBackend, find_damage, tail_damage
 from sweep.lr import check_study_exists
 from sweep.recipe import load_recipe
-import sweep.storage as storage_module
+import sweep.storage.opening as storage_module
 from sweep.storage import open_storage
 from train_core.errors import FaultError, InputError
 from train_core.memory import check_fits, device_memory, parameter_count, training_bytes

@@ -138,7 +138,7 @@ def delete_study(storage_url: str, name: str) -> None:
     storage = open_storage(storage_url)
     with contextlib.suppress(KeyError):
         optuna.delete_study(study_name=name, storage=storage)
-    rdb = getattr(storage, "inner", storage)  # a server database is wrapped in sweep.storage.RetryingStorage
+    rdb = getattr(storage, "inner", storage)  # a server database is wrapped in sweep.storage.retrying.RetryingStorage
     if hasattr(rdb, "engine"):
         rdb.engine.dispose()  # no idle connections left open on the server
 
