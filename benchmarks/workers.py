@@ -39,7 +39,7 @@ import rich.console
 import rich.table
 import yaml
 
-from sweep.components import make_pruner
+from sweep.pruning import make_pruner
 from sweep.storage import mask, open_storage
 from sweep.workers import FINISHED, HEARTBEAT_ATTR, trial_id
 from train_core.data import write_nanogpt_bin

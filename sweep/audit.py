@@ -26,8 +26,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from sweep.components import PRUNE_FROM, PRUNERS, make_pruner, pruning_start
-from sweep.stability import StabilityGuard, recovery_window
+from sweep.pruning import PRUNE_FROM, PRUNED, PRUNERS, StabilityGuard, judge_step, make_pruner, pruning_start, recovery_window
 from sweep.objective import PLAN_ATTR
 from train_core.errors import InputError
 from train_core.trainer import StepMetrics
@@ -137,7 +136,7 @@ def replay(
     prune_from: float = PRUNE_FROM,
 ) -> Replay:
     """The sweep of `curves` as one worker runs it: trials in `order`, each reporting its smoothed loss every step, the
-    guard first, then the pruner, asked from its first comparing step to the one before the last (as the Objective)."""
+    step judged by the sweep's own rule (sweep.pruning.judge_step)."""
     by_number = {c.number: c for c in curves}
     max_warmup = max(c.warmup for c in curves)
     study = optuna.create_study(
@@ -155,12 +154,11 @@ def replay(
         stop = None
         for step, (loss, norm) in enumerate(zip(curve.loss, curve.grad_norm)):
             steps_run += 1
-            reason = watch.check(StepMetrics(step=step, loss=loss, lr=0.0, grad_norm=norm, tokens_seen=0,
-                                             tokens_per_s=0.0, ms_per_step=0.0, mfu=0.0))
-            if reason is None:
-                trial.report(watch.smoothed_loss, step)
-                if start <= step < steps - 1 and trial.should_prune():
-                    reason = f"{pruner} at step {step}"
+            metrics = StepMetrics(step=step, loss=loss, lr=0.0, grad_norm=norm, tokens_seen=0, tokens_per_s=0.0,
+                                  ms_per_step=0.0, mfu=0.0)
+            reason = judge_step(trial, metrics, guard=watch, prune_from=start, steps=steps)
+            if reason == PRUNED:
+                reason = f"{pruner} at step {step}"
             if reason is not None:
                 stop = Stop(step=step, reason=reason)
                 break
@@ -192,7 +190,7 @@ def run_audit(
     order_count: int = 20,
     seed: int = 0,
     band: float = SEED_NOISE,
-    pruners: tuple[str, ...] = PRUNERS,
+    pruners: tuple[str, ...] = tuple(PRUNERS),
     prune_from: tuple[float, ...] = (PRUNE_FROM,),
     trials: int | None = None,
 ) -> Audit:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweep.runs import DEFAULT_RUNS_DIR, Runs, sweep_study
-from sweep.stability import GUARD_RULES
+from sweep.pruning import GUARD_RULES
 from sweep.width import width_list
 from train_core.errors import InputError
 
@@ -145,7 +145,8 @@ def _check_range_flags(args, *, prefix: str) -> None:
 
 
 def _add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
-    from sweep.components import PRUNERS, SAMPLERS
+    from sweep.pruning import PRUNERS
+    from sweep.samplers import SAMPLERS
     from sweep.workers import DEFAULT_MAX_RETRIES
 
     parser.add_argument("--study", default="default", help="study file, or a name from studies/ (default: default)")
@@ -410,7 +411,8 @@ def _without_workers(argv: list[str]) -> list[str]:
 def _sweep_plan(args, recipe, *, steps: int, lr_bounds: tuple[float, float] | None = None):
     """The TrialPlan that the sweep flags describe for trials of `steps` steps; checks every flag first."""
     from sweep.branches import BranchStore
-    from sweep.components import make_pruner, make_sampler
+    from sweep.pruning import make_pruner
+    from sweep.samplers import make_sampler
     from sweep.objective import TrialPlan
     from sweep.recipe import WarmupSpec
     from sweep.storage import kind_of

@@ -14,7 +14,8 @@ import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.components import lr_grid, make_pruner, make_sampler, startup_trials
+from sweep.pruning import make_pruner
+from sweep.samplers import lr_grid, make_sampler, startup_trials
 from sweep.objective import MODEL_ATTR, PLAN_ATTR, Objective, TrialPlan, name_metric
 from sweep.recipe import recipe_note, warmup_steps
 from sweep.runs import Runs

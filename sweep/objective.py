@@ -20,9 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from sweep.branches import BranchStore
-from sweep.components import pruning_start
+from sweep.pruning import PRUNED, StabilityGuard, judge_step, pruning_start, recovery_window
 from sweep.recipe import Recipe, WarmupSpec, WarmupSteps, run_config
-from sweep.stability import StabilityGuard, recovery_window
 from sweep.storage import StorageFault
 from sweep.view import SweepView
 from sweep.width import at_width
@@ -141,6 +140,7 @@ class StepReporter:
         view: SweepView,
         interrupts: Interrupts,
         prune_from: int,
+        steps: int,
         pruner_name: str,
         branched: bool,
     ):
@@ -149,6 +149,7 @@ class StepReporter:
         self.view = view
         self.interrupts = interrupts
         self.prune_from = prune_from
+        self.steps = steps
         self.pruner_name = pruner_name
         self.branched = branched
         self.curve: list[dict] = []
@@ -158,17 +159,12 @@ class StepReporter:
         self.interrupts.check()  # a Ctrl-C or SIGTERM stops the trial here, between steps
         if not self.curve and metrics.step > 0 and not self.branched:
             self.trial.set_user_attr("resumed_at_step", metrics.step)
-        reason = self.guard.check(metrics)
+        reason = judge_step(self.trial, metrics, guard=self.guard, prune_from=self.prune_from, steps=self.steps)
         smoothed = self.guard.smoothed_loss
         self.curve.append(_curve_row(metrics, smoothed))
         self.view.trial_step(self.trial.number, metrics, smoothed)
-        if reason is None:
-            self.trial.report(smoothed, metrics.step)
-            # should_prune reads every trial from the storage (about 10 ms on SQLite or PostgreSQL): ask it only
-            # from the step the pruner starts comparing at, and never on the last step, which decides nothing.
-            comparing = metrics.step >= self.prune_from and metrics.val_loss is None
-            if comparing and self.trial.should_prune():
-                reason = f"{self.pruner_name}: loss {smoothed:.3f} behind the other trials at step {metrics.step}"
+        if reason == PRUNED:
+            reason = f"{self.pruner_name}: loss {smoothed:.3f} behind the other trials at step {metrics.step}"
         if reason is None:
             return False
         self.prune_reason = reason
@@ -225,6 +221,7 @@ class Objective:
             view=self.view,
             interrupts=self.interrupts,
             prune_from=self.prune_from,
+            steps=self.plan.steps,
             pruner_name=self.plan.pruner_name,
             branched=branched_at is not None,
         )

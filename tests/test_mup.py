@@ -168,7 +168,7 @@ def test_resume_under_another_base_width_is_refused(make_config, tmp_path):
 
 @pytest.mark.parametrize("name, target", [("mup-proxy", 256), ("gpt2-124m-mup", 768)])
 def test_shipped_mup_studies_are_proxies_of_their_target(name, target):
-    from sweep.components import lr_grid
+    from sweep.samplers import lr_grid
     from sweep.recipe import load_recipe
     from sweep.width import at_width
 

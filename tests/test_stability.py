@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from sweep.stability import RECOVERY_STEPS, StabilityGuard, recovery_window
+from sweep.pruning import RECOVERY_STEPS, StabilityGuard, recovery_window
 from train_core.trainer import StepMetrics
 
 INITIAL = math.log(50257)  # ~10.82, an untrained GPT-2-vocab model

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from sweep.cli import main
-from sweep.components import make_pruner
+from sweep.pruning import make_pruner
 from sweep.view import LiveView, PlainView, SweepView, make_view
 from sweep_fixtures import ANCHOR_LR, STEPS, load, run_lr
 from train_core.trainer import resolve_device, resolve_dtype
