@@ -100,12 +100,11 @@ def sweep_rate(study_file: Path, folder: Path, *, name: str, trials: int, steps:
 
 def compare_workers(console, study: str, counts: list[int], *, trials: int, steps: int) -> None:
     """Part 3: the study swept with each worker count in turn; trials/hour against the first count."""
-    from sweep.cli import resolve_study
-    from sweep.recipe import load_recipe
+    from sweep.recipe import load_recipe, study_file
     from train_core.data import ensure_corpus
 
-    study_file = resolve_study(study).resolve()
-    recipe = load_recipe(study_file)
+    recipe_path = study_file(study).resolve()
+    recipe = load_recipe(recipe_path)
     data = recipe.train.data
     table = rich.table.Table(box=rich.box.SIMPLE, title=f"{recipe.name} study: {trials} trials x {steps} steps, "
                                                         "journal file, pruning off")
@@ -118,7 +117,7 @@ def compare_workers(console, study: str, counts: list[int], *, trials: int, step
         rows = {}
         for count in counts:
             with console.status(f"--workers {count}"):
-                rows[count] = sweep_rate(study_file, folder, name=f"workers{count}", trials=trials, steps=steps,
+                rows[count] = sweep_rate(recipe_path, folder, name=f"workers{count}", trials=trials, steps=steps,
                                          parallel=["--workers", str(count)])
             row, base = rows[count], rows[counts[0]]
             console.print(f"  --workers {count}: {row['trials']} trials in {row['wall']:.1f}s, {row['per_hour']:,.0f} "

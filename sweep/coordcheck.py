@@ -9,6 +9,7 @@ Adam moves every weight by about the LR whatever the width, and the output sums 
 """
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,3 +173,12 @@ def save_coord_plot(check: CoordCheck, path: Path, *, title: str) -> Path:
         ax.set_xlabel("width (n_embd)", fontsize=8)
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, path, dpi=72)
+
+
+def run_and_save(recipe, *, widths: list[int], steps: int, out: Path, on_run) -> tuple[CoordCheck, Path, Path]:
+    """The check on the recipe's model at `widths`, its plot at `out` and its scales beside it as JSON."""
+    check = run_coord_check(recipe.train, widths=widths, steps=steps, on_run=on_run)
+    plot = save_coord_plot(check, out, title=f"{recipe.name}: mean |activation| vs width, lr {recipe.train.schedule.max_lr:g}")
+    scales = plot.with_suffix(".json")
+    scales.write_text(json.dumps(dataclasses.asdict(check)))
+    return check, plot, scales

@@ -19,6 +19,7 @@ from sweep.samplers import lr_grid, make_sampler, startup_trials
 from sweep.objective import MODEL_ATTR, PLAN_ATTR, Objective, TrialPlan, name_metric
 from sweep.recipe import recipe_note, warmup_steps
 from sweep.runs import Runs
+from sweep.settings import SweepSettings
 from sweep.storage import kind_of, mask, open_storage, persistence_gap
 from sweep.view import SweepView
 from sweep.workers import (
@@ -50,6 +51,18 @@ class SweepOutcome:
     stopped_by_failures: bool
     lost_workers: list[str]  # `--workers` children that neither finished nor stopped on failures, and how they ended
     workers: list[str]  # `--workers`: the devices they ran on, a line each (empty for a single process)
+    dashboard: str | None  # the command that shows the study in optuna-dashboard
+
+    def report_lines(self) -> list[str]:
+        """What the sweep left and how it ended, a line each, for after the trials table."""
+        lines = [f"loss vs peak lr: {self.plot}"] if self.plot else []
+        lines += [f"inspect: {self.dashboard}"] if self.dashboard else []
+        if self.stopped_by_failures:
+            lines.append("stopped: the last trials all failed; see fail_reason in the table above")
+        lines += self.workers
+        lines += [f"{lost}; a trial it left running is retried from its checkpoint by the other workers or by the next "
+                  "run of this command" for lost in self.lost_workers]
+        return lines
 
 
 def anchor_warmup(plan: TrialPlan) -> int:
@@ -62,50 +75,39 @@ def anchor_warmup(plan: TrialPlan) -> int:
     return plan.warmups.nearest(target)
 
 
-def run_sweep(
-    plan: TrialPlan,
-    *,
-    storage_url: str,
-    study_name: str,
-    trials: int,
-    timeout: float | None,
-    sampler: str,
-    grid_points: int,
-    view: SweepView,
-    runs: Runs,
-    liveness: Liveness = Liveness(),
-    workers: int = 1,
-    worker_argv: list[str] | None = None,
-    worker_index: int | None = None,
-) -> SweepOutcome:
-    """Run trials until the study holds `trials` finished ones. Several processes, here (`workers` > 1 starts them
-    with `worker_argv`) or on other machines, may work on one study at once."""
+def run_sweep(plan: TrialPlan, *, settings: SweepSettings, view: SweepView) -> SweepOutcome:
+    """Run trials until the study holds the trials `settings` ask for. Several processes, here (--workers starts
+    them with the same command line) or on other machines, may work on one study at once."""
+    storage_url, runs = settings.storage_url, settings.runs
+    study_name, trials = settings.study_name_for(plan.recipe, plan.steps), settings.trials_for(plan)
     storage = open_storage(storage_url)
-    study = open_study(
-        plan,
-        storage=storage,
-        storage_url=storage_url,
-        study_name=study_name,
-        trials=trials,
-        sampler=sampler,
-        grid_points=grid_points,
-        worker_index=worker_index,
-    )
+    study = open_study(plan, storage=storage, storage_url=storage_url, study_name=study_name, trials=trials,
+                       sampler=settings.sampler, grid_points=settings.grid_points, worker_index=settings.worker_index)
     artifact_store = FileSystemArtifactStore(_mkdir(runs.artifacts(storage_url)))
     view.sweep_started(study, trials=trials, steps=plan.steps)
-    lost, devices = [], []
+    lost, devices, workers = [], [], settings.workers
     if workers > 1:
         gpus = worker_gpus(workers=workers, gpus=visible_gpus())
-        codes = run_worker_processes(study, argv=worker_argv, workers=workers, gpus=gpus, view=view, poll_every=1.0)
-        stopped = 1 in codes  # a worker exits 1 when its trials kept failing (see cmd_lr)
+        codes = run_worker_processes(study, argv=list(settings.worker_argv), workers=workers, gpus=gpus, view=view,
+                                     poll_every=1.0)
+        stopped = 1 in codes  # a worker exits 1 when its trials kept failing
         lost = [f"worker {i} of {workers} {_how_it_ended(code)}" for i, code in enumerate(codes, 1) if code not in (0, 1)]
         devices = describe_workers(study, gpus=gpus, threads=threads_per_worker(workers))
     else:
-        stopped = run_trials(study, plan, storage=storage, trials=trials, timeout=timeout, view=view, liveness=liveness,
-                             artifact_store=artifact_store, storage_url=storage_url)
+        stopped = run_trials(study, plan, storage=storage, trials=trials, timeout=settings.timeout, view=view,
+                             liveness=settings.liveness, artifact_store=artifact_store, storage_url=storage_url)
     check_study_exists(storage, storage_url=storage_url, study_name=study_name)
     plot = save_lr_plot(study, path=runs.lr_plot(storage_url, study_name), artifact_store=artifact_store)
-    return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped, lost_workers=lost, workers=devices)
+    return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped, lost_workers=lost, workers=devices,
+                        dashboard=_dashboard_command(storage_url, runs))
+
+
+def _dashboard_command(storage_url: str, runs: Runs) -> str | None:
+    """How to look at a SQLite storage in optuna-dashboard, with its artifacts."""
+    kind = kind_of(storage_url)
+    if kind.name != "sqlite" or (path := kind.file(storage_url)) is None:
+        return None
+    return f"optuna-dashboard sqlite:///{path} --host 127.0.0.1 --artifact-dir {runs.artifacts(storage_url)}"
 
 
 def sole_sqlite_writer(storage_url: str):

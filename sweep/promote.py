@@ -132,6 +132,28 @@ def recipe_changes(study: optuna.Study, recipe: Recipe) -> list[str]:
     return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
 
 
+def peak_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, trial: FrozenTrial, recipe: Recipe,
+            lr_from: str, max_steps: int | None, n_embd: int | None) -> tuple[float | None, str, list[str]]:
+    """The full run's peak LR (None: the trial's own), why, and what was found on the way, a line each: the trial's
+    LR, or the one `sweep horizon` extrapolated to the run's length; then (--- μP ---) carried to width n_embd."""
+    import math
+
+    from sweep.transfer import width_lr
+    from sweep.trust import horizon_lr
+
+    lr, reason, lines = None, "the trial's lr", []
+    if lr_from == "horizon":
+        steps = max_steps or recipe.train.schedule.max_steps
+        lr, band = horizon_lr(storage=storage, recipe=recipe, steps=steps)
+        lines.append(f"peak lr extrapolated by `sweep horizon` to {steps} steps: {lr:.3g}"
+                     + (f" (x/÷ {band:.2f})" if math.isfinite(band) else ""))
+        reason = "the lr extrapolated by `sweep horizon`"
+    if n_embd is not None:
+        lr, reason = width_lr(storage=storage, study=study, recipe=recipe, lr=lr or float(trial.params["lr"]),
+                              source=reason, n_embd=n_embd)
+    return lr, reason, lines
+
+
 def make_plan(
     study: optuna.Study,
     trial: FrozenTrial,

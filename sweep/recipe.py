@@ -25,6 +25,7 @@ from sweep.width import at_width
 from train_core.config import TrainConfig
 from train_core.errors import InputError
 
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"  # the shipped recipes
 SEARCH_KEYS = ("anchor_lr", "anchor_source", "lr_min", "lr_max", "warmup", "anchor_warmup", "trials")
 
 
@@ -177,9 +178,18 @@ def run_config(
     )
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a study file; every problem is an InputError that names the file and the key."""
-    path = Path(path)
+def study_file(name_or_path: str | Path) -> Path:
+    """A study file path, or the name of a shipped study (studies/<name>.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
+        return path
+    return STUDIES_DIR / f"{name_or_path}.yaml"
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Read and validate a study file (or a shipped study by name); every problem is an InputError that names the
+    file and the key."""
+    path = study_file(name_or_path)
     if not path.is_file():
         raise InputError(f"study file {path} does not exist (the shipped ones are in studies/: {_shipped()})")
     text = path.read_text()
@@ -240,8 +250,18 @@ def _positive(value: Any, key: str) -> float:
 
 
 def _shipped() -> str:
-    folder = Path(__file__).resolve().parent.parent / "studies"
-    return ", ".join(sorted(p.name for p in folder.glob("*.yaml"))) or "none found"
+    return ", ".join(sorted(p.name for p in STUDIES_DIR.glob("*.yaml"))) or "none found"
+
+
+def train_run_config(recipe: Recipe, *, lr: float | None, warmup: int | None, max_steps: int | None) -> TrainConfig:
+    """`sweep train`'s run: the recipe's schedule, or the peak LR, warmup and length given; a warmup the recipe names
+    is cut to a shorter run's length."""
+    sched = recipe.train.schedule
+    max_steps = max_steps or sched.max_steps
+    warmup = warmup if warmup is not None else min(sched.warmup_steps, max_steps)
+    if not 0 <= warmup <= max_steps:
+        raise InputError(f"--warmup must be in [0, max steps={max_steps}], got {warmup}")
+    return run_config(recipe, lr=lr or sched.max_lr, warmup_steps=warmup, steps=max_steps)
 
 
 def recipe_note(text: str) -> str:

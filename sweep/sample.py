@@ -95,3 +95,14 @@ def sample_text(run_dir: Path, *, prompt: str, sampling: Sampling, device_name: 
     model, state = load_run(run_dir, device=device)
     ids = sample(model, encode_prompt(prompt, vocab_size=model.config.vocab_size), sampling=sampling, device=device)
     return gpt2_encoding().decode(ids), state
+
+
+def best_promoted_run(*, study: str, study_name: str | None, steps: int, storage_url: str) -> Path:
+    """The folder of the promoted run of the best trial of a sweep (--study-name, or <study>-<steps>)."""
+    from sweep.promote import pick_trial
+    from sweep.recipe import load_recipe
+    from sweep.runs import sweep_study
+    from sweep.storage import open_study
+
+    _, swept = open_study(storage_url, study_name or sweep_study(load_recipe(study).name, steps))
+    return promoted_run(swept, pick_trial(swept, "best"))

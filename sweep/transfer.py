@@ -157,3 +157,23 @@ def width_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, recip
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def width_plans(settings, recipe: Recipe, *, widths: list[int], parametrization: str, steps: int) -> dict:
+    """One TrialPlan per width: the recipe's model made that wide under `parametrization`, the same LR grid."""
+    return {w: settings.plan(width_recipe(recipe, n_embd=w, parametrization=parametrization), steps=steps)
+            for w in widths}
+
+
+def fit_and_store(studies: dict[int, optuna.Study], *, settings, recipe: Recipe, parametrization: str,
+                  steps: int) -> list[str]:
+    """The drift of the best LR with width, its figure, and the study that keeps both; what was found, a line each."""
+    from sweep.storage import open_storage
+
+    fit = fit_transfer(studies, parametrization=parametrization, steps=steps)
+    name = "μP" if parametrization == "mup" else "SP"
+    plot = save_transfer_plot(fit, settings.runs.transfer_plot(recipe.name, parametrization),
+                              title=f"{recipe.name}, {name}, {steps} steps")
+    summary = store_transfer(fit, storage=open_storage(settings.storage_url), recipe_name=recipe.name, plot=plot,
+                             artifact_dir=settings.runs.artifacts(settings.storage_url))
+    return [*report_lines(fit), f"plot: {plot}; stored in study {summary.study_name}"]

@@ -4,13 +4,12 @@ The head count stays the recipe's, so the head size grows with width (what μP's
 μP's base width stays the recipe's (its own n_embd unless it names another): the recipe's model is the proxy.
 """
 
-import argparse
 import dataclasses
 from typing import TYPE_CHECKING
 
 from train_core.errors import InputError
 
-if TYPE_CHECKING:  # the CLI imports width_list; torch (behind the config) only loads when a command runs
+if TYPE_CHECKING:  # torch (behind the config) loads only when a command runs
     from train_core.config import TrainConfig
 
 
@@ -24,13 +23,3 @@ def at_width(train: "TrainConfig", *, n_embd: int, parametrization: str | None =
     widened = dataclasses.replace(model, n_embd=n_embd, parametrization=parametrization, mup_base_width=base)
     return dataclasses.replace(train, model=widened)
 
-
-def width_list(text: str) -> list[int]:
-    """argparse type: comma-separated widths, two or more, e.g. 64,128,256."""
-    try:
-        widths = sorted({int(part) for part in text.split(",")})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated widths like 64,128,256, got {text!r}") from None
-    if len(widths) < 2 or widths[0] < 1:
-        raise argparse.ArgumentTypeError(f"must be two or more positive widths like 64,128,256, got {text!r}")
-    return widths

@@ -26,6 +26,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from train_core import InputError
+
 HEARTBEAT_ATTR = "sweep:heartbeat"
 DIED = "worker died"  # how a reaped trial's fail_reason starts
 STORAGE_FAULT = "storage fault"  # how the fail_reason starts of a trial that could not write to its storage
@@ -41,7 +43,8 @@ class Liveness:
 
     def __post_init__(self):
         if not 0 < self.interval < self.grace:
-            raise ValueError(f"need 0 < heartbeat interval < grace, got {self.interval} and {self.grace}")
+            raise InputError(f"--heartbeat must be shorter than --grace (the interval < grace), got "
+                             f"{self.interval:g} >= {self.grace:g}")
 
 
 class Heartbeat:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from sweep.cli import STUDIES_DIR, main
+from sweep.cli import main
+from sweep.recipe import STUDIES_DIR
 from train_core.checkpoint import CheckpointManager
 from train_core.data import write_llmc_shard
 from train_core.tokenizer import VOCAB_SIZE

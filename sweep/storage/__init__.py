@@ -12,6 +12,7 @@ _HOMES = {
     "kind_of": "sweep.storage.kinds",
     "mask": "sweep.storage.kinds",
     "open_storage": "sweep.storage.opening",
+    "open_study": "sweep.storage.opening",
     "check_reachable": "sweep.storage.opening",
     "persistence_gap": "sweep.storage.opening",
     "StorageFault": "sweep.storage.faults",

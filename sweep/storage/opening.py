@@ -107,3 +107,16 @@ def _engine_kwargs(kind: StorageKind) -> dict:
         return {"connect_args": {"timeout": 60}}
     # A server that accepts the connection and never answers (a hung server, a stuck proxy) would hold libpq forever.
     return {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+
+
+def open_study(url: str, study_name: str) -> tuple[optuna.storages.BaseStorage, optuna.Study]:
+    """A study that must exist, and its storage; an InputError listing the storage's studies when it does not."""
+    storage = open_storage(url, create=False)
+    try:
+        return storage, optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        raise InputError(
+            f"no study {study_name} in {mask(url)} (it has: {names or 'none'}); run `python -m sweep lr` first "
+            "or pass --study-name"
+        ) from None

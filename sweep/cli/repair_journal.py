@@ -1,0 +1,19 @@
+"""`sweep repair-journal`: a journal file's torn or garbage tail cut off, a backup kept."""
+
+from pathlib import Path
+
+HELP = "cut a journal file's torn or garbage tail off, keeping a backup"
+DESCRIPTION = "Cut a journal file storage's torn or garbage tail off, keeping a backup of the original."
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("repair-journal", help=HELP, description=DESCRIPTION)
+    parser.add_argument("file", type=Path, help="the journal file (the --storage path)")
+    parser.set_defaults(handler=run)
+
+
+def run(args, console) -> int:
+    from sweep.storage import repair_journal
+
+    console.print(repair_journal(args.file), highlight=False)
+    return 0
