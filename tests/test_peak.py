@@ -40,4 +40,5 @@ def test_saving_keeps_a_higher_peak_another_process_wrote(tmp_path):
 def test_a_broken_cache_file_is_measured_over(tmp_path):
     path = tmp_path / "peak.json"
     path.write_text("{not json")
-    assert MachinePeak.load(CPU, torch.float32, path=path).flops > 1e8
+    with pytest.warns(UserWarning, match="left as it is"):  # not a table of peaks: not written over (test_targets)
+        assert MachinePeak.load(CPU, torch.float32, path=path).flops > 1e8

@@ -39,6 +39,7 @@ import torch
 
 from train_core.errors import InputError
 from train_core.files import atomic_write_bytes, commit, temporary_name
+from train_core.targets import check_data_folder
 from train_core.tokenizer import EOT_TOKEN, VOCAB_SIZE, gpt2_encoding
 
 LLMC_HEADER_INTS = 256
@@ -452,6 +453,7 @@ def prepare_documents(docs: Sequence[Document], out_dir: str | Path, *, val_frac
     if not 0 <= val_fraction < 1:
         raise InputError(f"val_fraction must be in [0, 1), but got val_fraction={val_fraction}")
     out = Path(out_dir)
+    check_data_folder(out, name=f"output folder {out}")  # it overwrites train.bin, val.bin and meta.json
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # from here on the folder is incomplete until the new meta lands
     train, val = _SplitWriter(out / "train.bin"), _SplitWriter(out / "val.bin")

@@ -15,7 +15,8 @@ import os
 import socket
 from pathlib import Path
 
-from train_core.errors import FaultError
+from train_core.errors import FaultError, InputError
+from train_core.targets import describe
 
 RUN_LOCK_FILE = ".lock"
 
@@ -27,7 +28,8 @@ def this_process() -> str:
 
 @contextlib.contextmanager
 def exclusive(lock_file: Path, *, what: str, advice: str = "wait for it to finish, or stop it"):
-    """Hold lock_file for the block; FaultError naming the holder when another process holds it."""
+    """Hold lock_file for the block; FaultError naming the holder when another process holds it, InputError when
+    lock_file is some other file of that name."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -36,11 +38,21 @@ def exclusive(lock_file: Path, *, what: str, advice: str = "wait for it to finis
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             raise FaultError(f"{what} is in use by {holder}; {advice}") from None
+        check_lock_file(fd, lock_file)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{this_process()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def check_lock_file(fd: int, lock_file: Path) -> None:
+    """Refuse to truncate a lock file that holds something other than this module's line (or nothing): a file of the
+    same name that is not ours."""
+    held = os.pread(fd, 200, 0)
+    if held and not held.startswith(b"pid "):
+        raise InputError(f"{lock_file} is {describe(lock_file)} that is not a lock of this tool (which holds 'pid N "
+                         "on HOST'): move it away")
 
 
 def hold_run_folder(folder: Path):

@@ -5,14 +5,18 @@ One short matmul at start-up reads low on a busy machine (a sweep printed `mfu 1
 raised whenever a run achieves more than it, so that it only grows towards the truth and an MFU never exceeds 100%.
 """
 
+import functools
 import json
 import os
 import platform
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
+
+from train_core.targets import peak_cache_problem
 
 CACHE_FILE = Path(os.environ.get("LR_SWEEP_CACHE", Path.home() / ".cache" / "lr-sweep")) / "peak_flops.json"
 
@@ -81,6 +85,9 @@ class MachinePeak:
 
     def save(self) -> None:
         """Write this peak, or keep a higher one another process wrote meanwhile (atomically: temp file, rename)."""
+        if (problem := peak_cache_problem(self.path)) is not None:
+            _warn_left_alone(self.path, problem)
+            return
         table = _read(self.path)
         if table.get(self.key, 0.0) >= self.flops:
             return
@@ -92,6 +99,12 @@ class MachinePeak:
             os.replace(f.name, self.path)
         except OSError:
             pass  # a read-only home: the peak is still right for this process
+
+
+@functools.cache  # once per process and path: a sweep saves the peak after every trial
+def _warn_left_alone(path: Path, problem: str) -> None:
+    warnings.warn(f"the peak FLOP/s cache {path} is {problem}, not a JSON table of peaks: left as it is, and each run "
+                  "measures the peak afresh (set LR_SWEEP_CACHE to another folder to keep it)", stacklevel=3)
 
 
 def _read(path: Path) -> dict[str, float]:
