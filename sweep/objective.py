@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import math
-import shutil
 import subprocess
 import time
 import warnings
@@ -29,6 +28,7 @@ from sweep.workers import STORAGE_FAULT, Heartbeat, Interrupts, Liveness, enqueu
 from train_core.config import TrainConfig
 from train_core.errors import InputError
 from train_core.locks import this_process
+from train_core.targets import clear_run_folder
 from train_core.trainer import StepMetrics, TrainResult, device_label, resolve_device, train
 
 PLAN_ATTR = "search_space"  # the study user attr that keeps TrialPlan.to_study_attr()
@@ -206,7 +206,7 @@ class Objective:
         # A retry of a dead or interrupted trial trains in the first trial's folder: it resumes from its checkpoint.
         out_dir = self.plan.study_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}"
         if (twin := _finished_twin(trial)) is not None:
-            shutil.rmtree(out_dir, ignore_errors=True)  # nothing trains here; a retry's folder holds dead checkpoints
+            clear_run_folder(out_dir)  # nothing trains here; a retry's folder holds dead checkpoints
             return _reuse(trial, twin)
         config = self.plan.trial_config(lr=lr, warmup_steps=warmup)
         branched_at = self._start_folder(trial, config, out_dir)
@@ -232,7 +232,7 @@ class Objective:
         optuna_dashboard.save_note(trial, _note(lr, warmup, result.final_val_loss, result.tokens_per_s, reporter.prune_reason))
         if self.plan.branches is not None:
             self.plan.branches.put(config, out_dir)
-        shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints only serve a trial that is still running
+        clear_run_folder(out_dir)  # checkpoints only serve a trial that is still running
         if reporter.prune_reason is not None:
             raise optuna.TrialPruned(reporter.prune_reason)
         return result.final_val_loss
@@ -243,7 +243,7 @@ class Objective:
         when it branches, else None."""
         if "resume_trial" in trial.user_attrs:
             return None
-        shutil.rmtree(out_dir, ignore_errors=True)
+        clear_run_folder(out_dir)
         if self.plan.branches is None or (branched_at := self.plan.branches.take(config, out_dir)) is None:
             return None
         trial.set_user_attr("branched_from_step", branched_at)

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweep.targets import check_plot
+
 BASIN_SPAN = 1.0  # nats above the best val loss the loss-vs-LR plot shows; a 2x LR change moves val loss ~0.1
 
 
@@ -114,9 +116,11 @@ def _finish(fig, ax, *, title: str, path: Path) -> None:
 
 
 def save_figure(fig, path: Path, *, dpi: int = 120) -> Path:
-    """The figure laid out and written as a PNG at path, then freed (pyplot keeps every open figure)."""
+    """The figure laid out and written as a PNG at path, then freed (pyplot keeps every open figure). A file at path
+    that is not a plot this tool wrote is refused, and left as it is."""
     import matplotlib.pyplot as plt
 
+    check_plot(path, name=f"plot {path}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

@@ -50,6 +50,7 @@ class SweepSettings:
         from sweep.objective import TrialPlan
         from sweep.pruning import make_pruner
         from sweep.samplers import make_sampler
+        from sweep.targets import check_trial_places
         from train_core import SHAPES
 
         lr_min, lr_max = lr_bounds or (None, None)
@@ -69,6 +70,7 @@ class SweepSettings:
         )
         make_sampler(self.sampler, seed=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
         make_pruner(self.pruner, steps=steps, warmup_steps=0)
+        check_trial_places(plan)  # the folders its trials delete from
         return plan
 
     def trials_for(self, plan) -> int:

@@ -25,10 +25,13 @@ def register(commands) -> None:
 def run(args, console) -> int:
     from sweep.coordcheck import coord_table, run_and_save
     from sweep.recipe import load_recipe
+    from sweep.targets import check_coord_check_out
 
     recipe = load_recipe(args.study)
+    out = args.out or args.runs.coord_check_plot(recipe.name)
+    check_coord_check_out(out, name=f"--out {out}" if args.out else f"plot {out}")
     check, plot, scales = run_and_save(
-        recipe, widths=args.widths, steps=args.steps, out=args.out or args.runs.coord_check_plot(recipe.name),
+        recipe, widths=args.widths, steps=args.steps, out=out,
         on_run=lambda p, w: console.print(f"coord-check: {p} width {w}, {args.steps} steps", highlight=False),
     )
     console.print(coord_table(check))

@@ -31,6 +31,7 @@ from sweep.cli import (
     transfer,
 )
 from sweep.runs import Runs
+from sweep.targets import check_command_targets
 from train_core import InputError
 
 # In the order `python -m sweep --help` lists them. Each imports what its handler uses only when it runs, so that
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             args.runs = Runs(args.runs_dir)
         if getattr(args, "storage", "") is None:
             args.storage = args.runs.default_storage()
+        check_command_targets(args)  # a path flag naming something else is refused before any work
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _warning_line

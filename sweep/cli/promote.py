@@ -31,6 +31,7 @@ def run(args, console) -> int:
     from sweep.recipe import load_recipe
     from sweep.runs import sweep_study
     from sweep.storage import open_study
+    from train_core.targets import check_run_folder
 
     recipe = load_recipe(args.study)
     storage, study = open_study(args.storage, args.study_name or sweep_study(recipe.name, args.steps))
@@ -41,6 +42,7 @@ def run(args, console) -> int:
         console.print(line, highlight=False)
     plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs=args.runs, lr=lr,
                      lr_reason=lr_reason, n_embd=args.n_embd)
+    check_run_folder(plan.run_dir, name=f"run folder {plan.run_dir}")
     if args.dry_run:
         console.print(plan.describe(), highlight=False)
         return 0

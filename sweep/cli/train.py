@@ -26,10 +26,12 @@ def register(commands) -> None:
 def run(args, console) -> int:
     from sweep.recipe import load_recipe, train_run_config
     from train_core import hold_run_folder, train
+    from train_core.targets import check_run_folder
 
     recipe = load_recipe(args.study)
     config = train_run_config(recipe, lr=args.lr, warmup=args.warmup, max_steps=args.max_steps)
     out = args.out or args.runs.train(recipe.name)
+    check_run_folder(out, name=f"--out {out}" if args.out else f"run folder {out}")
     max_steps = config.schedule.max_steps
 
     def log(m) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalRedisBackend
 
+from sweep.targets import check_journal
 from train_core.errors import FaultError, InputError
 
 TAIL_BYTES = 1 << 16  # how much of the file's end the check before each append reads
@@ -163,9 +164,11 @@ class _held:
 
 
 def repair_journal(path: Path) -> str:
-    """Cut a journal file's bad tail off, after copying the whole file to a backup; what was done, in one line."""
+    """Cut a journal file's bad tail off, after copying the whole file to a backup; what was done, in one line. A file
+    that is not a journal (a SQLite database, a text file with no record) is refused and left as it is."""
     if not path.is_file():
         raise InputError(f"repair-journal: no journal file at {path}")
+    check_journal(path, name=f"repair-journal {path}")  # before its lock file is made: another file is not touched
     lock = JournalFileOpenLock(str(path))
     with _held(lock):
         damage = find_damage(path)

@@ -11,6 +11,7 @@ from sweep.storage.faults import describe, is_connection_loss, root_cause
 from sweep.storage.journal import CheckedJournalBackend, CheckedRedisBackend, redis_client
 from sweep.storage.kinds import StorageKind, kind_of, mask, scheme
 from sweep.storage.retrying import RETRY_DELAYS_S, RetryingStorage, redis_retry
+from sweep.targets import check_storage_file
 from train_core.errors import FaultError, InputError
 
 CONNECT_TIMEOUT_S = 10  # how long a storage server may take to answer (a connection; on Redis, any command)
@@ -22,6 +23,7 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
     With create=False a SQLite or journal file that does not exist yet is an error instead of a new empty storage.
     """
     kind = kind_of(url)
+    check_storage_file(url)  # a file storage's path that holds some other file
     path = kind.file(url)
     if not create and path is not None and not path.exists():
         raise InputError(f"no storage at {path}: run `python -m sweep lr` first, or pass --storage")
