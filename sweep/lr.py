@@ -22,6 +22,7 @@ from sweep.record import (
     TrialAttr,
     anchor_trial,
     fail_reason,
+    load_study_checked,
     search_space,
     write_sweep_record,
 )
@@ -270,7 +271,7 @@ def stored_lr_bounds(*, storage: optuna.storages.BaseStorage, study_name: str) -
 
 def _load_existing(storage, study_name: str) -> optuna.Study | None:
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        return load_study_checked(storage=storage, study_name=study_name)
     except KeyError:
         return None
 

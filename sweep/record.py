@@ -1,5 +1,5 @@
-"""What a study stores, in one place: the keys of the user attrs of studies and trials, and their typed reads and
-writes. No other module spells a key (tests/test_record.py checks).
+"""What a study stores, in one place: the keys of the user attrs of studies and trials, their typed reads and writes,
+and the record's version. No other module spells a key (tests/test_record.py checks).
 
 A sweep study (`sweep lr`) keeps, as user attrs (StudyAttr):
     search_space          SearchSpace: what its trials share; a sweep refuses to continue the study with another
@@ -8,9 +8,14 @@ A sweep study (`sweep lr`) keeps, as user attrs (StudyAttr):
     anchor_lr, anchor_source, pruner, guard_rules     as the sweep that made it ran
     plotted_trials        how many finished trials the last loss-vs-LR plot shows (an unchanged plot is not re-sent)
     promote-<trial>...    one PromoteRun per promoted run, under its folder's name
+    record_version        RECORD_VERSION of the code that made it
 Each of its trials keeps TrialAttr (how the trial ran, what it found) and SystemAttr. The studies beside it keep their
 own: <study>-promoted (PromotedAttr and a PromoteRun's fields), <study>-confirm (ConfirmAttr), <recipe>-range
 (RangeAttr), <recipe>-horizon (HorizonAttr) and <recipe>-transfer-<parametrization> (TransferAttr).
+
+Versions: 0, studies made before the version was kept; 1, the same keys and values, and record_version. A study of a
+version newer than RECORD_VERSION is refused in one line (check_version). Bump it when a key or a value's format
+changes, and say here what changed and how an older study is read.
 """
 
 import dataclasses
@@ -21,10 +26,14 @@ import optuna
 from optuna.trial import FrozenTrial
 
 import train_core  # its names load on first use: torch only comes in when a model is read
+from train_core.errors import InputError
 
 if TYPE_CHECKING:
     from sweep.recipe import Recipe
     from train_core.model import GPTConfig
+
+RECORD_VERSION = 1
+
 
 class StudyAttr:
     """A sweep study's user attrs."""
@@ -39,6 +48,7 @@ class StudyAttr:
     PRUNER = "pruner"
     GUARD_RULES = "guard_rules"
     PLOTTED_TRIALS = "plotted_trials"
+    RECORD_VERSION = "record_version"  # also on the horizon and transfer summaries
 
 
 # A promoted run's attr, and its folder: promote-<trial>, with -<N>steps, -lr<x> or -w<width> for another length, LR
@@ -140,6 +150,27 @@ class TransferAttr:
     TRANSFERRED = "transferred"
 
 
+def check_version(study: optuna.Study | optuna.study.StudySummary) -> int:
+    """The record version the study was written with (0: before versions were kept, read as 1); an InputError in
+    one line when a newer version of this project wrote it."""
+    version = study.user_attrs.get(StudyAttr.RECORD_VERSION, 0)
+    if version > RECORD_VERSION:
+        raise InputError(f"study {study.study_name} was written with record version {version}, but this code reads "
+                         f"versions up to {RECORD_VERSION}: update it (git pull) to read the study")
+    return version
+
+
+def load_study_checked(*, storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
+    """optuna.load_study that refuses a study a newer version wrote (check_version); KeyError when there is none."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    check_version(study)
+    return study
+
+
+def write_version(study: optuna.Study) -> None:
+    study.set_user_attr(StudyAttr.RECORD_VERSION, RECORD_VERSION)
+
+
 @dataclass(frozen=True, kw_only=True)
 class SearchSpace:
     """What every trial of a sweep shares, as its study keeps it (sweep.objective.TrialPlan writes and reads it)."""
@@ -165,6 +196,7 @@ class SearchSpace:
 def write_sweep_record(study: optuna.Study, *, space: SearchSpace, recipe: "Recipe", pruner: str,
                        guard_rules: str) -> None:
     """What a new sweep study keeps of the sweep that made it."""
+    write_version(study)
     study.set_user_attr(StudyAttr.SEARCH_SPACE, space.to_attr())
     study.set_user_attr(StudyAttr.RECIPE, recipe.text)
     study.set_user_attr(StudyAttr.RECIPE_NAME, recipe.name)

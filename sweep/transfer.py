@@ -21,7 +21,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from sweep.analysis import PowerLaw, fit_power_law
 from sweep.plots import save_figure
 from sweep.recipe import Recipe
-from sweep.record import TransferAttr, swept_model
+from sweep.record import TransferAttr, check_version, swept_model, write_version
 from sweep.runs import transfer_study, width_recipe_name
 from sweep.trust import CurveBottom, curve_bottom
 from sweep.width import at_width
@@ -88,6 +88,7 @@ def store_transfer(
                                   load_if_exists=True)
     for key, value in fit.attrs().items():
         summary.set_user_attr(key, value)
+    write_version(summary)
     artifact_dir.mkdir(parents=True, exist_ok=True)
     upload_artifact(artifact_store=FileSystemArtifactStore(artifact_dir), file_path=str(plot), study_or_trial=summary)
     optuna_dashboard.save_note(summary, "\n".join(["## LR transfer across width", "", *report_lines(fit)]))
@@ -146,6 +147,8 @@ def width_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, recip
     name = transfer_study(recipe.name, "sp")
     summary = next((s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
                     if s.study_name == name), None)
+    if summary is not None:
+        check_version(summary)
     law = summary.user_attrs.get(TransferAttr.LAW) if summary else None
     if law is None:
         return lr, (f"{source} at width {width}, unchanged: SP without a drift fit ({name}; run `sweep transfer "

@@ -33,7 +33,7 @@ from sweep.analysis import (
 from sweep.objective import TrialPlan
 from sweep.plots import draw_range_plot, save_figure
 from sweep.recipe import Recipe, run_config
-from sweep.record import ConfirmAttr, HorizonAttr, RangeAttr, is_anchor
+from sweep.record import ConfirmAttr, HorizonAttr, RangeAttr, check_version, is_anchor, write_version
 from sweep.runs import confirm_study, horizon_study, range_study
 from train_core.errors import InputError
 from train_core.trainer import StepMetrics, train
@@ -264,6 +264,7 @@ def store_horizon_fit(
                        HorizonAttr.UNCERTAINTY_FACTOR: fit.factor, HorizonAttr.TOKENS_PER_STEP: fit.tokens_per_step,
                        HorizonAttr.LAW: dataclasses.asdict(fit.law), HorizonAttr.AT_EDGE: fit.at_edge}.items():
         summary.set_user_attr(key, value)
+    write_version(summary)
     artifact_dir.mkdir(parents=True, exist_ok=True)
     upload_artifact(artifact_store=FileSystemArtifactStore(artifact_dir), file_path=str(plot), study_or_trial=summary)
     return summary
@@ -276,6 +277,7 @@ def horizon_lr(*, storage: optuna.storages.BaseStorage, recipe: Recipe, steps: i
     if fit is None or HorizonAttr.LAW not in fit.user_attrs:
         raise InputError(f"no horizon fit for {recipe.name} in this storage: run `python -m sweep horizon --steps "
                          "100,300` first")
+    check_version(fit)
     law = PowerLaw(**fit.user_attrs[HorizonAttr.LAW])
     tokens = steps * recipe.train.batch.total_batch_size
     return law.predict(tokens), law.uncertainty_factor(tokens)

@@ -1,4 +1,5 @@
-"""sweep/record.py owns what a study stores: no other module spells an attr key, and what it writes reads back."""
+"""sweep/record.py owns what a study stores: no other module spells an attr key, what it writes reads back, and a
+study's record version decides whether this code reads it."""
 
 import ast
 import dataclasses
@@ -6,12 +7,27 @@ import inspect
 from pathlib import Path
 
 import optuna
+import pytest
 
 from sweep import record
 from sweep.lr import open_study
 from sweep.objective import TrialPlan
 from sweep.recipe import load_recipe
-from sweep.record import PromoteRun, SearchSpace, promote_runs, search_space, swept_model, swept_recipe
+from sweep.runs import horizon_study, transfer_study
+from sweep.transfer import width_lr
+from sweep.trust import horizon_lr
+from sweep.record import (
+    RECORD_VERSION,
+    PromoteRun,
+    SearchSpace,
+    check_version,
+    load_study_checked,
+    promote_runs,
+    search_space,
+    swept_model,
+    swept_recipe,
+)
+from train_core.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "studies" / "default.yaml"
@@ -100,7 +116,7 @@ def test_the_check_finds_a_literal_key_wherever_a_key_goes():
 
 
 def test_a_key_added_to_record_is_known(monkeypatch):
-    assert {"anchor", "fail_reason", "recipe", "search_space", "promoted_trial"} <= known_keys()
+    assert {"anchor", "fail_reason", "recipe", "search_space", "record_version", "promoted_trial"} <= known_keys()
     monkeypatch.setattr(record.TrialAttr, "NEW_KEY", "new_key", raising=False)
     assert "new_key" in known_keys()
 
@@ -118,26 +134,42 @@ def _open(plan: TrialPlan, storage, name: str = "s") -> optuna.Study:
                       sampler="random", grid_points=3)
 
 
-def test_a_study_written_now_reads_back(tmp_path):
+def test_a_study_written_now_carries_the_version_and_reads_back(tmp_path):
     plan, storage = _plan(tmp_path), optuna.storages.InMemoryStorage()
     study = _open(plan, storage)
+    assert study.user_attrs["record_version"] == RECORD_VERSION and check_version(study) == RECORD_VERSION
     assert search_space(study) == plan.search_space() and search_space(study).schedule == "wsd"
     assert swept_recipe(study)["search"]["anchor_lr"] == plan.recipe.search.anchor_lr
     assert swept_model(study) == plan.recipe.train.model
+    assert load_study_checked(storage=storage, study_name="s").study_name == "s"
 
 
-def test_a_study_as_older_code_wrote_it_reads_the_same(tmp_path):
-    """As sweep/lr.py wrote it at f8c4528."""
+def test_a_study_without_a_version_is_version_0_and_reads_the_same(tmp_path):
+    """As the code before record_version wrote it (sweep/lr.py at f8c4528)."""
     plan = _plan(tmp_path)
     study = optuna.create_study(study_name="old", storage=optuna.storages.InMemoryStorage())
     study.set_user_attr("search_space", {"lr": [plan.lr_min, plan.lr_max], "warmup": list(plan.warmups.values),
                                          "warmup_is_range": plan.warmups.is_range, "steps": 20, "schedule": "wsd",
                                          "seed": plan.seed})
     study.set_user_attr("recipe", plan.recipe.text)
+    assert check_version(study) == 0
     assert search_space(study) == plan.search_space()
     assert swept_recipe(study)["search"]["anchor_lr"] == plan.recipe.search.anchor_lr
     assert swept_model(study) is None  # made before the model was kept: it trained its recipe's
     assert TrialPlan.from_study(study, recipe=plan.recipe, study_dir=tmp_path).steps == 20
+
+
+def test_a_study_of_a_newer_version_is_refused_in_one_line(tmp_path):
+    storage = optuna.storages.InMemoryStorage()
+    study = _open(_plan(tmp_path), storage, name="future")
+    study.set_user_attr("record_version", 999)
+    for read in (lambda: load_study_checked(storage=storage, study_name="future"),
+                 lambda: _open(_plan(tmp_path), storage, name="future")):  # `sweep lr` continuing it
+        with pytest.raises(InputError) as refused:
+            read()
+        message = str(refused.value)
+        assert "\n" not in message and "future" in message and "999" in message, message
+        assert f"up to {RECORD_VERSION}" in message, message
 
 
 def test_a_promoted_run_keeps_its_stored_form():
@@ -161,3 +193,19 @@ def test_the_search_space_keeps_its_stored_form(tmp_path):
     assert SearchSpace.from_attr(attr).to_attr() == attr
     del attr["warmup_is_range"]
     assert not SearchSpace.from_attr(attr).warmup_is_range  # read as TrialPlan.from_study always read it
+
+
+def test_the_horizon_and_transfer_fits_of_a_newer_version_are_refused(tmp_path):
+    """`promote --lr-from horizon` and `promote --n-embd` read these summaries."""
+    recipe, storage = load_recipe(RECIPE), optuna.storages.InMemoryStorage()
+    law = {"exponent": -0.5}  # never read: the version is checked first
+    for name in (horizon_study(recipe.name), transfer_study(recipe.name, "sp")):
+        summary = optuna.create_study(study_name=name, storage=storage)
+        summary.set_user_attr("law", law)
+        summary.set_user_attr("record_version", 999)
+    sweep = optuna.create_study(study_name="s", storage=storage)
+    for read in (lambda: horizon_lr(storage=storage, recipe=recipe, steps=100),
+                 lambda: width_lr(storage=storage, study=sweep, recipe=recipe, lr=1e-3, source="the trial's lr",
+                                  n_embd=128)):
+        with pytest.raises(InputError, match=f"version 999, but this code reads versions up to {RECORD_VERSION}"):
+            read()
