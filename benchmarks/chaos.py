@@ -39,10 +39,13 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from sweep.record import TrialAttr, fail_reason
 from sweep.storage import mask, open_storage
+from sweep.workers import STORAGE_FAULT
 from train_core.data import write_nanogpt_bin
 
 VOCAB = 512
+SHOWN_ATTRS = (TrialAttr.RETRY_OF, TrialAttr.DUPLICATE_OF, TrialAttr.FAIL_REASON)  # of a trial, when a check fails
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -185,11 +188,11 @@ def check(storage: str, name: str, reference: str, ref_name: str) -> dict:
     points = {(t.params["lr"], t.params["warmup"]) for t in ref.get_trials(states=(TrialState.COMPLETE,))}
     done = {(t.params["lr"], t.params["warmup"]) for t in trials if t.state == TrialState.COMPLETE}
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = {t.user_attrs.get(TrialAttr.RETRY_OF) for t in trials}
     best = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     reasons: dict[str, int] = {}
     for t in failed:
-        reason = str(t.user_attrs.get("fail_reason", "?")).split(":")[0]
+        reason = (fail_reason(t) or "?").split(":")[0]
         reasons[reason] = reasons.get(reason, 0) + 1
     return {
         "trials": len(trials),
@@ -198,9 +201,9 @@ def check(storage: str, name: str, reference: str, ref_name: str) -> dict:
         "running": sum(t.state == TrialState.RUNNING for t in trials),
         "every point finished": done >= points,
         "every FAIL retried": all(t.number in retried for t in failed),
-        "storage faults not retried": sum(str(t.user_attrs.get("fail_reason", "")).startswith("storage fault")
-                                          and t.number not in retried for t in failed),
-        "resumed trials": sum("resumed_at_step" in t.user_attrs for t in trials),
+        "storage faults not retried": sum(fail_reason(t).startswith(STORAGE_FAULT) and t.number not in retried
+                                          for t in failed),
+        "resumed trials": sum(TrialAttr.RESUMED_AT_STEP in t.user_attrs for t in trials),
         "best equal": (best.params, best.value) == (ref.best_trial.params, ref.best_trial.value),
         "best": f"lr {best.params['lr']:.3g} warmup {best.params['warmup']} val {best.value:.6f}",
         "reference best": f"lr {ref.best_trial.params['lr']:.3g} warmup {ref.best_trial.params['warmup']} "
@@ -286,7 +289,7 @@ def main() -> int:
                 if not (results[kind]["best equal"] and results[kind]["every point finished"]):
                     for t in optuna.load_study(study_name="chaos", storage=open_storage(storage)).get_trials():
                         print(f"   trial {t.number} {t.state.name} {t.params} {t.value} "
-                              f"{ {k: v for k, v in t.user_attrs.items() if k in ('retry_of', 'duplicate_of', 'fail_reason')} }")
+                              f"{ {k: v for k, v in t.user_attrs.items() if k in SHOWN_ATTRS} }")
                     kept = Path.cwd() / f"chaos-{kind}.log"
                     kept.write_text(log.read_text())
                     print(f"   the sweep's output: {kept}")

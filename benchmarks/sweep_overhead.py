@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 
 from sweep.cli import main
+from sweep.record import TrialAttr
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,8 +39,8 @@ def run(steps: int, trials: int, storage: str) -> None:
         study = optuna.load_study(study_name=f"default-{steps}", storage=url if storage == "sqlite" else
                                   optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url)))
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        trial_wall = sum(t.user_attrs["wall_s"] for t in done)
-        step_time = sum(t.user_attrs["train_s"] for t in done)
+        trial_wall = sum(t.user_attrs[TrialAttr.WALL_S] for t in done)
+        step_time = sum(t.user_attrs[TrialAttr.TRAIN_S] for t in done)
         print(f"storage {storage}: {len(done)} trials x {steps} steps")
         print(f"  sweep wall      {wall:8.1f} s")
         print(f"  trial wall      {trial_wall:8.1f} s   orchestrator overhead {1 - trial_wall / wall:6.2%}")

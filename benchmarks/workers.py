@@ -40,8 +40,9 @@ import rich.table
 import yaml
 
 from sweep.pruning import make_pruner
+from sweep.record import SystemAttr
 from sweep.storage import mask, open_storage
-from sweep.workers import FINISHED, HEARTBEAT_ATTR, trial_id
+from sweep.workers import FINISHED, trial_id
 from train_core.data import write_nanogpt_bin
 
 VOCAB = 512
@@ -213,7 +214,7 @@ def one_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, *, prun
         if prune:
             trial.should_prune()
         if step % 100 == 0:
-            storage.set_trial_system_attr(beat_id, HEARTBEAT_ATTR, time.time())
+            storage.set_trial_system_attr(beat_id, SystemAttr.HEARTBEAT, time.time())
     study.tell(trial, 5.0)
     return time.perf_counter() - start
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import yaml
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 from rich import box
@@ -27,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sweep.pruning import PRUNE_FROM, PRUNED, PRUNERS, StabilityGuard, judge_step, make_pruner, pruning_start, recovery_window
-from sweep.objective import PLAN_ATTR
+from sweep.record import StudyAttr, TrialAttr, is_anchor, search_space, swept_recipe
 from train_core.errors import InputError
 from train_core.trainer import StepMetrics
 
@@ -91,7 +90,7 @@ class Audit:
 
 def load_curves(study: optuna.Study, *, storage: optuna.storages.BaseStorage, artifact_dir: Path) -> list[Curve]:
     """Every trial's complete curve; refuses a study whose trials a pruner or the guard's spike rules cut short."""
-    pruner, rules = study.user_attrs.get("pruner"), study.user_attrs.get("guard_rules")
+    pruner, rules = study.user_attrs.get(StudyAttr.PRUNER), study.user_attrs.get(StudyAttr.GUARD_RULES)
     if (pruner, rules) != ("none", "nonfinite"):
         raise InputError(
             f"study {study.study_name} ran with --pruner {pruner or '?'} --guard {rules or '?'}: the audit needs every "
@@ -100,7 +99,7 @@ def load_curves(study: optuna.Study, *, storage: optuna.storages.BaseStorage, ar
     store = FileSystemArtifactStore(artifact_dir)
     curves = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if "duplicate_of" in trial.user_attrs:
+        if TrialAttr.DUPLICATE_OF in trial.user_attrs:
             continue  # the same params as an earlier trial, which trained; its result is that trial's
         metas = [m for m in get_all_artifact_meta(trial, storage=storage) if m.filename.endswith("-curve.csv")]
         if not metas:
@@ -114,7 +113,7 @@ def load_curves(study: optuna.Study, *, storage: optuna.storages.BaseStorage, ar
             number=trial.number,
             lr=trial.params["lr"],
             warmup=trial.params["warmup"],
-            anchor=bool(trial.user_attrs.get("anchor")),
+            anchor=is_anchor(trial),
             val_loss=trial.value if trial.state == TrialState.COMPLETE else None,
             loss=[float(r["loss"]) for r in rows],
             grad_norm=[float(r["grad_norm"]) for r in rows],
@@ -195,8 +194,8 @@ def run_audit(
     trials: int | None = None,
 ) -> Audit:
     curves = load_curves(study, storage=storage, artifact_dir=artifact_dir)
-    steps = study.user_attrs[PLAN_ATTR]["steps"]
-    initial_loss = math.log(yaml.safe_load(study.user_attrs["recipe"])["model"]["vocab_size"])
+    steps = search_space(study).steps
+    initial_loss = math.log(swept_recipe(study)["model"]["vocab_size"])
     shuffles = orders(curves, count=order_count, seed=seed, trials=trials)
     rows = []
     for pruner in pruners:

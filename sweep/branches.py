@@ -15,6 +15,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
+from sweep.record import TrialAttr
 from train_core.checkpoint import CheckpointManager
 from train_core.config import TrainConfig
 
@@ -67,12 +68,12 @@ def shared_prefix_summary(studies) -> str:
     trained = full = branched = 0
     for study in studies:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if "duplicate_of" in t.user_attrs or "steps_done" not in t.user_attrs:
+            if TrialAttr.DUPLICATE_OF in t.user_attrs or TrialAttr.STEPS_DONE not in t.user_attrs:
                 continue
-            start = t.user_attrs.get("branched_from_step", 0)
+            start = t.user_attrs.get(TrialAttr.BRANCHED_FROM_STEP, 0)
             branched += start > 0
-            trained += t.user_attrs["steps_done"] - start
-            full += t.user_attrs["steps_done"]
+            trained += t.user_attrs[TrialAttr.STEPS_DONE] - start
+            full += t.user_attrs[TrialAttr.STEPS_DONE]
     share = f" ({1 - trained / full:.0%} saved)" if full else ""
     return (f"shared prefix: {branched} trials started from a shorter trial's stable phase; trained {trained:,} of "
             f"{full:,} steps{share}")

@@ -1,6 +1,5 @@
 """The LR x warmup sweep: an Optuna study of short trials, continued until it holds `trials` finished trials."""
 
-import dataclasses
 import json
 import signal
 import time
@@ -16,8 +15,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.pruning import make_pruner
 from sweep.samplers import lr_grid, make_sampler, startup_trials
-from sweep.objective import MODEL_ATTR, PLAN_ATTR, Objective, TrialPlan, name_metric
+from sweep.objective import Objective, TrialPlan, name_metric
 from sweep.recipe import recipe_note, warmup_steps
+from sweep.record import (
+    StudyAttr,
+    TrialAttr,
+    anchor_trial,
+    fail_reason,
+    load_study_checked,
+    search_space,
+    write_sweep_record,
+)
 from sweep.runs import Runs
 from sweep.settings import SweepSettings
 from sweep.storage import kind_of, mask, open_storage, persistence_gap
@@ -139,14 +147,15 @@ def open_study(
 ) -> optuna.Study:
     """Create the study in `storage` (opened from `storage_url`) with the plan, the recipe and the anchor trial
     enqueued, or load it, refusing another plan."""
-    space = plan.to_study_attr()
+    space = plan.search_space()
     grid = trial_grid(plan, grid_points=grid_points) if sampler == "grid" else None
     existing = _load_existing(storage, study_name)
     if existing is not None:
-        saved = existing.user_attrs.get(PLAN_ATTR)
-        if saved is not None and saved != json.loads(json.dumps(space)):
+        saved = existing.user_attrs.get(StudyAttr.SEARCH_SPACE)
+        if saved is not None and saved != json.loads(json.dumps(space.to_attr())):
             raise InputError(
-                f"study {study_name} in {mask(storage_url)} was run with another search space ({_diff(saved, space)}); "
+                f"study {study_name} in {mask(storage_url)} was run with another search space "
+                f"({_diff(saved, space.to_attr())}); "
                 "pass another --study-name to start a new study"
             )
     study = optuna.create_study(
@@ -166,20 +175,13 @@ def open_study(
     if existing is None:
         if (gap := persistence_gap(storage_url)) is not None:
             warnings.warn(gap, stacklevel=1)  # once, by the process that makes the study (not by every worker)
-        study.set_user_attr(PLAN_ATTR, space)
-        study.set_user_attr("recipe", plan.recipe.text)
-        study.set_user_attr("recipe_name", plan.recipe.name)
-        study.set_user_attr("recipe_digest", plan.recipe.digest)
-        study.set_user_attr(MODEL_ATTR, dataclasses.asdict(plan.recipe.train.model))  # as trained: transfer widens it
-        study.set_user_attr("anchor_lr", plan.recipe.search.anchor_lr)
-        study.set_user_attr("anchor_source", plan.recipe.search.anchor_source)
+        write_sweep_record(study, space=space, recipe=plan.recipe, pruner=plan.pruner_name,
+                           guard_rules=plan.guard_rules)
         name_metric(study)
         optuna_dashboard.save_note(study, recipe_note(plan.recipe.text))
-        study.set_user_attr("pruner", plan.pruner_name)
-        study.set_user_attr("guard_rules", plan.guard_rules)
         study.enqueue_trial(
             {"lr": plan.recipe.search.anchor_lr, "warmup": anchor_warmup(plan)},
-            user_attrs={"anchor": True},
+            user_attrs={TrialAttr.ANCHOR: True},
             skip_if_exists=True,  # two workers starting together enqueue it once
         )
     return study
@@ -254,7 +256,7 @@ class _FailureStreak:
         self.stopped = False
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if str(trial.user_attrs.get("fail_reason", "")).startswith(STORAGE_FAULT):
+        if fail_reason(trial).startswith(STORAGE_FAULT):
             return  # queued again: says nothing about the trials
         self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
         if self.streak >= MAX_CONSECUTIVE_FAILURES:
@@ -265,12 +267,13 @@ class _FailureStreak:
 def stored_lr_bounds(*, storage: optuna.storages.BaseStorage, study_name: str) -> list[float] | None:
     """The LR bounds a study of `lr` was made with, or None when there is no such study yet."""
     existing = _load_existing(storage, study_name)
-    return None if existing is None else existing.user_attrs.get(PLAN_ATTR, {}).get("lr")
+    space = None if existing is None else search_space(existing)
+    return None if space is None else list(space.lr)
 
 
 def _load_existing(storage, study_name: str) -> optuna.Study | None:
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        return load_study_checked(storage=storage, study_name=study_name)
     except KeyError:
         return None
 
@@ -300,10 +303,6 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def anchor_trial(study: optuna.Study) -> FrozenTrial | None:
-    return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("anchor")), None)
-
-
 def save_lr_plot(study: optuna.Study, *, path: Path, artifact_store: FileSystemArtifactStore) -> Path | None:
     """Final val loss against peak LR (log axis), one colour per warmup; pruned trials at their last train loss, drawn
     apart; the best and the anchor marked (sweep/plots.py).
@@ -314,7 +313,7 @@ def save_lr_plot(study: optuna.Study, *, path: Path, artifact_store: FileSystemA
     if not trials:
         return None
     _mkdir(path.parent)
-    if study.user_attrs.get("plotted_trials") == len(trials) and path.exists():
+    if study.user_attrs.get(StudyAttr.PLOTTED_TRIALS) == len(trials) and path.exists():
         return path  # nothing new since the last plot: no second copy in the dashboard
     from sweep.plots import LrPoint, draw_lr_plot
 
@@ -324,11 +323,11 @@ def save_lr_plot(study: optuna.Study, *, path: Path, artifact_store: FileSystemA
                 loss=t.value if t.state == TrialState.COMPLETE else _last_value(t),
                 anchor=anchor is not None and t.number == anchor.number)
         for t in trials
-        if "duplicate_of" not in t.user_attrs  # the same point as the trial it reused
+        if TrialAttr.DUPLICATE_OF not in t.user_attrs  # the same point as the trial it reused
     ]
     draw_lr_plot(points, title=study.study_name, path=path)
     upload_artifact(artifact_store=artifact_store, file_path=str(path), study_or_trial=study)
-    study.set_user_attr("plotted_trials", len(trials))
+    study.set_user_attr(StudyAttr.PLOTTED_TRIALS, len(trials))
     return path
 
 

@@ -21,6 +21,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from sweep.branches import BranchStore
 from sweep.pruning import PRUNED, StabilityGuard, judge_step, pruning_start, recovery_window
 from sweep.recipe import Recipe, WarmupSpec, WarmupSteps, run_config
+from sweep.record import RUN_ATTRS, SearchSpace, StudyAttr, TrialAttr, search_space, swept_model
 from sweep.storage import StorageFault
 from sweep.view import SweepView
 from sweep.width import at_width
@@ -31,8 +32,6 @@ from train_core.locks import this_process
 from train_core.targets import clear_run_folder
 from train_core.trainer import StepMetrics, TrainResult, device_label, resolve_device, train
 
-PLAN_ATTR = "search_space"  # the study user attr that keeps TrialPlan.to_study_attr()
-MODEL_ATTR = "model"  # --- μP --- the study user attr that keeps the model its trials trained (transfer widens it)
 CURVE_COLUMNS = ("step", "loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "val_loss")
 
 
@@ -90,28 +89,23 @@ class TrialPlan:
     @staticmethod
     def from_study(study: optuna.Study, *, recipe: Recipe, study_dir: Path) -> "TrialPlan":
         """The plan a study was swept with (to re-run its trials: no pruner, one checkpoint at the end)."""
-        attr = study.user_attrs.get(PLAN_ATTR)
-        if attr is None:
-            raise InputError(f"study {study.study_name} was not made by `sweep lr` (it has no {PLAN_ATTR} attr)")
-        if (model := study.user_attrs.get(MODEL_ATTR)) is not None:  # --- μP --- a transfer study's width
-            train = at_width(recipe.train, n_embd=model["n_embd"], parametrization=model["parametrization"])
+        space = search_space(study)
+        if space is None:
+            raise InputError(
+                f"study {study.study_name} was not made by `sweep lr` (it has no {StudyAttr.SEARCH_SPACE} attr)")
+        if (model := swept_model(study)) is not None:  # --- μP --- a transfer study's width
+            train = at_width(recipe.train, n_embd=model.n_embd, parametrization=model.parametrization)
             recipe = dataclasses.replace(recipe, train=train)
         return TrialPlan(
-            recipe=recipe, steps=attr["steps"], schedule=attr["schedule"], lr_min=attr["lr"][0], lr_max=attr["lr"][1],
-            warmups=WarmupSteps(values=tuple(attr["warmup"]), is_range=attr.get("warmup_is_range", False)),
-            seed=attr["seed"], pruner_name="none", study_dir=study_dir, checkpoint_every=attr["steps"],
+            recipe=recipe, steps=space.steps, schedule=space.schedule, lr_min=space.lr[0], lr_max=space.lr[1],
+            warmups=WarmupSteps(values=space.warmup, is_range=space.warmup_is_range),
+            seed=space.seed, pruner_name="none", study_dir=study_dir, checkpoint_every=space.steps,
         )
 
-    def to_study_attr(self) -> dict:
-        """What the trials of a study share, as plain values: the study keeps it and refuses to continue with another."""
-        return {
-            "lr": [self.lr_min, self.lr_max],
-            "warmup": list(self.warmups.values),
-            "warmup_is_range": self.warmups.is_range,
-            "steps": self.steps,
-            "schedule": self.schedule,
-            "seed": self.seed,
-        }
+    def search_space(self) -> SearchSpace:
+        """What the trials of a study share: the study keeps it and refuses to continue with another."""
+        return SearchSpace(lr=(self.lr_min, self.lr_max), warmup=self.warmups.values,
+                           warmup_is_range=self.warmups.is_range, steps=self.steps, schedule=self.schedule, seed=self.seed)
 
     def trial_config(self, *, lr: float, warmup_steps: int, seed: int | None = None) -> TrainConfig:
         """The recipe compressed to the trial: the whole schedule (warmup, cosine to min_lr) fits in `steps`, so every
@@ -158,7 +152,7 @@ class StepReporter:
     def __call__(self, metrics: StepMetrics) -> bool:
         self.interrupts.check()  # a Ctrl-C or SIGTERM stops the trial here, between steps
         if not self.curve and metrics.step > 0 and not self.branched:
-            self.trial.set_user_attr("resumed_at_step", metrics.step)
+            self.trial.set_user_attr(TrialAttr.RESUMED_AT_STEP, metrics.step)
         reason = judge_step(self.trial, metrics, guard=self.guard, prune_from=self.prune_from, steps=self.steps)
         smoothed = self.guard.smoothed_loss
         self.curve.append(_curve_row(metrics, smoothed))
@@ -200,7 +194,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.trial_id = trial_id(self.storage, trial.study, trial.number)
-        trial.set_user_attr("worker", this_process())  # which of the processes sharing the study took this trial
+        trial.set_user_attr(TrialAttr.WORKER, this_process())  # which of the processes sharing the study took it
         lr = trial.suggest_float("lr", self.plan.lr_min, self.plan.lr_max, log=True)
         warmup = self.plan.warmups.suggest(trial)
         # A retry of a dead or interrupted trial trains in the first trial's folder: it resumes from its checkpoint.
@@ -241,12 +235,12 @@ class Objective:
         """Ready the trial's folder: a retry keeps it (and resumes); a fresh trial starts from an empty one, whatever an
         older study of the same name left there, or from a shorter WSD trial's stable phase. The step it starts at
         when it branches, else None."""
-        if "resume_trial" in trial.user_attrs:
+        if TrialAttr.RESUME_TRIAL in trial.user_attrs:
             return None
         clear_run_folder(out_dir)
         if self.plan.branches is None or (branched_at := self.plan.branches.take(config, out_dir)) is None:
             return None
-        trial.set_user_attr("branched_from_step", branched_at)
+        trial.set_user_attr(TrialAttr.BRANCHED_FROM_STEP, branched_at)
         return branched_at
 
     def _train(self, trial: optuna.Trial, config: TrainConfig, out_dir: Path, reporter: StepReporter) -> TrainResult:
@@ -274,10 +268,10 @@ class Objective:
             raise
         finally:
             if reporter.prune_reason is not None:
-                trial.set_user_attr("prune_reason", reporter.prune_reason)
+                trial.set_user_attr(TrialAttr.PRUNE_REASON, reporter.prune_reason)
             if fail_reason is not None:
-                trial.set_user_attr("fail_reason", fail_reason)
-            trial.set_user_attr("wall_s", round(time.perf_counter() - started, 2))
+                trial.set_user_attr(TrialAttr.FAIL_REASON, fail_reason)
+            trial.set_user_attr(TrialAttr.WALL_S, round(time.perf_counter() - started, 2))
             self._save_curve(trial, out_dir, reporter.curve)
 
     def _save_curve(self, trial: optuna.Trial, out_dir: Path, curve: list[dict]) -> None:
@@ -294,24 +288,24 @@ class Objective:
 
 
 def _record_provenance(trial: optuna.Trial, config: TrainConfig, plan: TrialPlan) -> None:
-    trial.set_user_attr("seed", plan.seed)
-    trial.set_user_attr("config_hash", _config_hash(config))
-    trial.set_user_attr("recipe_digest", plan.recipe.digest)
-    trial.set_user_attr("device", device_label(resolve_device(config.device)))
+    trial.set_user_attr(TrialAttr.SEED, plan.seed)
+    trial.set_user_attr(TrialAttr.CONFIG_HASH, _config_hash(config))
+    trial.set_user_attr(TrialAttr.RECIPE_DIGEST, plan.recipe.digest)
+    trial.set_user_attr(TrialAttr.DEVICE, device_label(resolve_device(config.device)))
     if commit := git_commit():
-        trial.set_user_attr("git_commit", commit)
+        trial.set_user_attr(TrialAttr.GIT_COMMIT, commit)
 
 
 def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
-    trial.set_user_attr("train_s", round(result.train_seconds, 2))
-    trial.set_user_attr("tokens_seen", result.tokens_seen)
-    trial.set_user_attr("flops", result.tokens_seen * result.flops_per_token)
-    trial.set_user_attr("tokens_per_s", round(result.tokens_per_s, 1))
-    trial.set_user_attr("mfu", round(result.mfu, 4))
-    trial.set_user_attr("final_train_loss", result.final_train_loss)
-    trial.set_user_attr("steps_done", result.steps_done)
+    trial.set_user_attr(TrialAttr.TRAIN_S, round(result.train_seconds, 2))
+    trial.set_user_attr(TrialAttr.TOKENS_SEEN, result.tokens_seen)
+    trial.set_user_attr(TrialAttr.FLOPS, result.tokens_seen * result.flops_per_token)
+    trial.set_user_attr(TrialAttr.TOKENS_PER_S, round(result.tokens_per_s, 1))
+    trial.set_user_attr(TrialAttr.MFU, round(result.mfu, 4))
+    trial.set_user_attr(TrialAttr.FINAL_TRAIN_LOSS, result.final_train_loss)
+    trial.set_user_attr(TrialAttr.STEPS_DONE, result.steps_done)
     if result.final_val_loss is not None:
-        trial.set_user_attr("val_loss", result.final_val_loss)
+        trial.set_user_attr(TrialAttr.VAL_LOSS, result.final_val_loss)
 
 
 def name_metric(study: optuna.Study) -> None:
@@ -325,19 +319,18 @@ def _finished_twin(trial: optuna.Trial) -> FrozenTrial | None:
     """A finished trial of the study with exactly these params. Trials share seed and data, so it is this trial's
     result already (a grid revisiting the anchor's point, a sampler repeating a categorical pair)."""
     for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if other.params == trial.params and "duplicate_of" not in other.user_attrs:
+        if other.params == trial.params and TrialAttr.DUPLICATE_OF not in other.user_attrs:
             return other
     return None
 
 
 def _reuse(trial: optuna.Trial, twin: FrozenTrial) -> float:
-    trial.set_user_attr("duplicate_of", twin.number)
+    trial.set_user_attr(TrialAttr.DUPLICATE_OF, twin.number)
     for key, value in twin.user_attrs.items():
-        if key not in ("anchor", "retry_of", "resume_trial", "resumed_at_step", "branched_from_step", "duplicate_of",
-                       "retries", "worker"):
+        if key not in RUN_ATTRS:
             trial.set_user_attr(key, value)
     if twin.state == TrialState.PRUNED:
-        raise optuna.TrialPruned(twin.user_attrs.get("prune_reason", f"as trial {twin.number}"))
+        raise optuna.TrialPruned(twin.user_attrs.get(TrialAttr.PRUNE_REASON, f"as trial {twin.number}"))
     return twin.value
 
 

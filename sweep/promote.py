@@ -13,6 +13,7 @@ trial change, so the result is written back as
 """
 
 import csv
+import dataclasses
 import os
 import time
 from datetime import datetime
@@ -22,21 +23,32 @@ from pathlib import Path
 import optuna
 import optuna_dashboard
 import torch
-import yaml
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from sweep.objective import MODEL_ATTR, PLAN_ATTR, git_commit, name_metric
-from sweep.recipe import Recipe, _Loader, recipe_note, run_config
+from sweep.objective import git_commit, name_metric
+from sweep.recipe import Recipe, parse_recipe_text, recipe_note, run_config
+from sweep.record import (
+    PROMOTE_PREFIX,
+    PromoteRun,
+    PromotedAttr,
+    StudyAttr,
+    TrialAttr,
+    promote_runs,
+    search_space,
+    swept_model,
+    swept_recipe,
+    write_promote_run,
+)
 from sweep.report import fmt_loss
 from sweep.runs import Runs, promoted_study
 from train_core.checkpoint import CheckpointManager
 from train_core.config import ScheduleConfig, TrainConfig
 from train_core.errors import InputError
 from train_core.locks import hold_run_folder
-from train_core.model import GPT, GPTConfig
+from train_core.model import GPT
 from train_core.trainer import StepMetrics, check_resumable, check_same_parametrization, train
 
 METRIC_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu", "val_loss")
@@ -67,9 +79,9 @@ class PromotePlan:
         with torch.device("meta"):  # counts parameters without allocating a model that may not fit here
             model = GPT(m)
             params = model.num_params()
-            swept = self.study.user_attrs.get(MODEL_ATTR)
-            if speed and swept and swept["n_embd"] != m.n_embd:  # --- μP --- a wider model runs slower per token
-                speed *= GPT(GPTConfig(**swept)).flops_per_token() / model.flops_per_token()
+            swept = swept_model(self.study)
+            if speed and swept and swept.n_embd != m.n_embd:  # --- μP --- a wider model runs slower per token
+                speed *= GPT(swept).flops_per_token() / model.flops_per_token()
                 source += f", scaled to width {m.n_embd} by FLOPs per token"
         eta = f", about {_duration(self.tokens / speed)} at {speed:,.0f} tokens/s ({source})" if speed else ""
         width = f"μP, base width {m.mup_base_width}" if m.parametrization == "mup" else "SP"
@@ -87,10 +99,9 @@ def fastest_speed(study: optuna.Study) -> tuple[float | None, str]:
     """The best tokens/s measured for this study's model and batch (its trials and its promoted runs), and where it was
     measured. A run's average speed drops with the machine's load, so the fastest is the best guess of an unloaded
     run; an estimate from it is a lower bound on time under load."""
-    measured = [(t.user_attrs["tokens_per_s"], f"trial {t.number}") for t in study.get_trials(deepcopy=False)
-                if t.user_attrs.get("tokens_per_s")]
-    measured += [(v["tokens_per_s"], k) for k, v in study.user_attrs.items()
-                 if k.startswith("promote-") and isinstance(v, dict) and v.get("tokens_per_s")]
+    measured = [(t.user_attrs[TrialAttr.TOKENS_PER_S], f"trial {t.number}") for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get(TrialAttr.TOKENS_PER_S)]
+    measured += [(run.tokens_per_s, name) for name, run in promote_runs(study).items() if run.tokens_per_s]
     if not measured:
         return None, ""
     speed, where = max(measured)
@@ -124,11 +135,10 @@ def pick_trial(study: optuna.Study, which: str) -> FrozenTrial:
 
 def recipe_changes(study: optuna.Study, recipe: Recipe) -> list[str]:
     """Keys whose values differ between the recipe the study was swept with and the recipe file now."""
-    saved_text = study.user_attrs.get("recipe")
-    if saved_text is None or saved_text == recipe.text:
+    swept = swept_recipe(study)
+    if swept is None:
         return []
-    before = _flatten(yaml.load(saved_text, Loader=_Loader))
-    after = _flatten(yaml.load(recipe.text, Loader=_Loader))
+    before, after = _flatten(swept), _flatten(parse_recipe_text(recipe.text))
     return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
 
 
@@ -182,16 +192,17 @@ def make_plan(
         notes = (f"warmup shrinks from the trial's {trial.params['warmup']} steps to {warmup}: the run has only {steps} "
                  "steps",)
     # The schedule shape the trial was swept with (--schedule): a WSD winner runs WSD, not the recipe's cosine.
-    shape = study.user_attrs.get(PLAN_ATTR, {}).get("schedule")
-    config = run_config(recipe, lr=lr or float(trial.params["lr"]), warmup_steps=warmup, steps=steps, shape=shape,
-                        seed=int(trial.user_attrs.get("seed", recipe.train.seed)), n_embd=n_embd)
-    swept = study.user_attrs.get(MODEL_ATTR)  # --- μP --- the model as the study trained it (transfer widens it)
+    space = search_space(study)
+    config = run_config(recipe, lr=lr or float(trial.params["lr"]), warmup_steps=warmup, steps=steps,
+                        shape=space.schedule if space else None,
+                        seed=int(trial.user_attrs.get(TrialAttr.SEED, recipe.train.seed)), n_embd=n_embd)
+    swept = swept_model(study)  # --- μP --- the model as the study trained it (transfer widens it)
     if swept is not None:
-        check_same_parametrization(swept, config.model, where=f"study {study.study_name}")
+        check_same_parametrization(dataclasses.asdict(swept), config.model, where=f"study {study.study_name}")
     # A shortened run, another LR or another width must not resume the plain full run's checkpoints.
     suffix = ("" if max_steps is None else f"-{steps}steps") + ("" if lr is None else f"-lr{lr:.3g}")
     suffix += "" if n_embd is None else f"-w{n_embd}"
-    run_dir = runs.study(study.study_name) / f"promote-{trial.number}{suffix}"
+    run_dir = runs.study(study.study_name) / f"{PROMOTE_PREFIX}{trial.number}{suffix}"
     return PromotePlan(study=study, trial=trial, config=config, run_dir=run_dir, lr_reason=lr_reason, notes=notes)
 
 
@@ -235,18 +246,21 @@ def _run_promote(
         if m.val_loss is not None:
             trial.report(m.val_loss, m.step)
             reported.add(m.step)
-            plan.study.set_user_attr(plan.key, _status(plan, log, status="running", steps_done=m.step + 1) | record)
+            running = _status(plan, log, status="running", steps_done=m.step + 1)
+            write_promote_run(plan.study, plan.key, dataclasses.replace(running, **record))
 
     if is_main:
         console.print(plan.describe(), highlight=False)
-        previous = plan.study.user_attrs.get(plan.key) or {}
-        resumed = bool(log.rows) and "started_at" in previous  # the run began in an earlier process
-        trial = _start_promoted_trial(plan, storage, stale=previous.get("promoted_trial"))
-        record = {
-            "started_at": previous["started_at"] if resumed else datetime.now().isoformat(timespec="seconds"),
-            "promoted_trial": trial.number,
-        }
-        plan.study.set_user_attr(plan.key, _status(plan, log, status="running", steps_done=0) | record)
+        previous = promote_runs(plan.study).get(plan.key)
+        # Whether the run began in an earlier process:
+        resumed = bool(log.rows) and previous is not None and previous.started_at is not None
+        trial = _start_promoted_trial(plan, storage, stale=previous.promoted_trial if previous else None)
+        record = dict(
+            started_at=previous.started_at if resumed else datetime.now().isoformat(timespec="seconds"),
+            promoted_trial=trial.number,
+        )
+        running = _status(plan, log, status="running", steps_done=0)
+        write_promote_run(plan.study, plan.key, dataclasses.replace(running, **record))
     try:
         result = train(plan.config, out_dir=plan.run_dir, callback=on_step)
     except BaseException:
@@ -256,9 +270,9 @@ def _run_promote(
     if not is_main:
         return 0
     wall = time.perf_counter() - started
-    status = _status(plan, log, status=result.status, steps_done=result.steps_done) | record
-    status |= {"wall_s": round(wall, 1), "tokens_per_s": round(result.tokens_per_s, 1)}
-    plan.study.set_user_attr(plan.key, status)
+    status = dataclasses.replace(_status(plan, log, status=result.status, steps_done=result.steps_done), **record,
+                                 wall_s=round(wall, 1), tokens_per_s=round(result.tokens_per_s, 1))
+    write_promote_run(plan.study, plan.key, status)
     _write_study_note(plan.study)
     for step, value in log.val_curve():  # a resumed run's trial also gets the val losses of the steps before it
         if step not in reported:
@@ -309,20 +323,20 @@ class _MetricsLog:
         return [(int(r["step"]), float(r["val_loss"])) for r in self.rows if r["val_loss"]]
 
 
-def _status(plan: PromotePlan, log: _MetricsLog, *, status: str, steps_done: int) -> dict:
+def _status(plan: PromotePlan, log: _MetricsLog, *, status: str, steps_done: int) -> PromoteRun:
     vals = [v for _, v in log.val_curve()]
-    return {
-        "status": status,
-        "run_dir": str(plan.run_dir),
-        "trial": plan.trial.number,
-        "lr": plan.config.schedule.max_lr,
-        "warmup": plan.config.schedule.warmup_steps,
-        "max_steps": plan.config.schedule.max_steps,
-        "steps_done": steps_done,
-        "tokens": steps_done * plan.config.batch.total_batch_size,
-        "final_val_loss": vals[-1] if vals else None,
-        "best_val_loss": min(vals) if vals else None,
-    }
+    return PromoteRun(
+        status=status,
+        run_dir=str(plan.run_dir),
+        trial=plan.trial.number,
+        lr=plan.config.schedule.max_lr,
+        warmup=plan.config.schedule.warmup_steps,
+        max_steps=plan.config.schedule.max_steps,
+        steps_done=steps_done,
+        tokens=steps_done * plan.config.batch.total_batch_size,
+        final_val_loss=vals[-1] if vals else None,
+        best_val_loss=min(vals) if vals else None,
+    )
 
 
 def _start_promoted_trial(plan: PromotePlan, storage: optuna.storages.BaseStorage, *, stale: int | None) -> optuna.Trial:
@@ -344,50 +358,50 @@ def _start_promoted_trial(plan: PromotePlan, storage: optuna.storages.BaseStorag
     }
     promoted.enqueue_trial(plan.trial.params | {"lr": lr})
     trial = promoted.ask(fixed_distributions=distributions)
-    trial.set_user_attr("source_study", plan.study.study_name)
-    trial.set_user_attr("run", plan.key)
+    trial.set_user_attr(PromotedAttr.SOURCE_STUDY, plan.study.study_name)
+    trial.set_user_attr(PromotedAttr.RUN, plan.key)
     if stale is not None:
-        trial.set_user_attr("resumes_trial", stale)
+        trial.set_user_attr(PromotedAttr.RESUMES_TRIAL, stale)
     return trial
 
 
 def _finish_promoted_trial(
-    trial: optuna.Trial, plan: PromotePlan, log: _MetricsLog, status: dict, store: FileSystemArtifactStore, *,
+    trial: optuna.Trial, plan: PromotePlan, log: _MetricsLog, status: PromoteRun, store: FileSystemArtifactStore, *,
     completed: bool,
 ) -> None:
     """COMPLETE with the final val loss when the run finished, FAIL otherwise; its note and metrics.csv either way."""
-    for key, value in status.items():
+    for key, value in status.to_attr().items():
         trial.set_user_attr(key, value)
     if commit := git_commit():
-        trial.set_user_attr("git_commit", commit)
+        trial.set_user_attr(PromotedAttr.GIT_COMMIT, commit)
     optuna_dashboard.save_note(trial, _promoted_note(status))
     upload_artifact(artifact_store=store, file_path=str(log.path), study_or_trial=trial)
     if completed:
-        trial.study.tell(trial, status["final_val_loss"])
+        trial.study.tell(trial, status.final_val_loss)
     else:
         trial.study.tell(trial, state=TrialState.FAIL)
 
 
 def _write_study_note(study: optuna.Study) -> None:
     """The study's note: its recipe, then one row per promoted run."""
-    runs = {k: v for k, v in study.user_attrs.items() if k.startswith("promote-")}
     lines = ["## Promoted runs", "", "| run | trial | lr | warmup | steps | status | final val | best val |",
              "|---|---|---|---|---|---|---|---|"]
-    for key, v in runs.items():
+    for name, run in promote_runs(study).items():
         lines.append(
-            f"| {key} | {v['trial']} | {v['lr']:.3g} | {v['warmup']} | {v['steps_done']}/{v['max_steps']} | {v['status']} "
-            f"| {fmt_loss(v['final_val_loss'])} | {fmt_loss(v['best_val_loss'])} |"
+            f"| {name} | {run.trial} | {run.lr:.3g} | {run.warmup} | {run.steps_done}/{run.max_steps} | {run.status} "
+            f"| {fmt_loss(run.final_val_loss)} | {fmt_loss(run.best_val_loss)} |"
         )
-    recipe = [recipe_note(study.user_attrs["recipe"]), ""] if "recipe" in study.user_attrs else []
+    text = study.user_attrs.get(StudyAttr.RECIPE)
+    recipe = [recipe_note(text), ""] if text is not None else []
     optuna_dashboard.save_note(study, "\n".join([*recipe, *lines]))
 
 
-def _promoted_note(status: dict) -> str:
+def _promoted_note(status: PromoteRun) -> str:
     return (
-        f"**full run of trial {status['trial']}**: peak lr {status['lr']:.3g}, warmup {status['warmup']}, "
-        f"{status['steps_done']} steps, {status['tokens']:,} tokens\n\n"
-        f"**final val loss** {fmt_loss(status['final_val_loss'])} · **best** {fmt_loss(status['best_val_loss'])}\n\n"
-        f"run folder `{status['run_dir']}`"
+        f"**full run of trial {status.trial}**: peak lr {status.lr:.3g}, warmup {status.warmup}, "
+        f"{status.steps_done} steps, {status.tokens:,} tokens\n\n"
+        f"**final val loss** {fmt_loss(status.final_val_loss)} · **best** {fmt_loss(status.best_val_loss)}\n\n"
+        f"run folder `{status.run_dir}`"
     )
 
 

@@ -194,7 +194,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise InputError(f"study file {path} does not exist (the shipped ones are in studies/: {_shipped()})")
     text = path.read_text()
     try:
-        values = yaml.load(text, Loader=_Loader)
+        values = parse_recipe_text(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -210,6 +210,12 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     except InputError as error:
         raise InputError(f"{path}: {error}") from None
     return Recipe(name=str(name), path=path, text=text, train=train, search=search)
+
+
+def parse_recipe_text(text: str) -> Any:
+    """A recipe's YAML as plain values, read as load_recipe reads it (`6e-4` is a float); a yaml.YAMLError if it is
+    not YAML. The study keeps the text, and sweep.record reads it back through this."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def _parse_search(values: Any, train: TrainConfig) -> SearchDefaults:

@@ -7,7 +7,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
-from sweep.lr import anchor_trial
+from sweep.record import TrialAttr, anchor_trial, is_anchor, promote_runs
 from sweep.view import STATE_STYLE, trial_reason
 
 ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2, TrialState.RUNNING: 3, TrialState.WAITING: 4}
@@ -24,15 +24,15 @@ def trials_table(study: optuna.Study, *, title: str | None = None) -> Table:
         return ORDER.get(t.state, 5), t.value if t.value is not None else math.inf, t.number
 
     for t in sorted(study.get_trials(deepcopy=False), key=key):
-        anchor = " (anchor)" if t.user_attrs.get("anchor") else ""
+        anchor = " (anchor)" if is_anchor(t) else ""
         table.add_row(
             f"{t.number}{anchor}",
             f"{t.params['lr']:.3g}" if "lr" in t.params else "",
             str(t.params.get("warmup", "")),
             f"{t.value:.4f}" if t.value is not None and t.state == TrialState.COMPLETE else "",
             f"{t.intermediate_values[max(t.intermediate_values)]:.4f}" if t.intermediate_values else "",
-            str(t.user_attrs.get("steps_done", len(t.intermediate_values))),
-            f"{t.user_attrs['tokens_per_s']:,.0f}" if "tokens_per_s" in t.user_attrs else "",
+            str(t.user_attrs.get(TrialAttr.STEPS_DONE, len(t.intermediate_values))),
+            f"{t.user_attrs[TrialAttr.TOKENS_PER_S]:,.0f}" if TrialAttr.TOKENS_PER_S in t.user_attrs else "",
             f"[{STATE_STYLE.get(t.state.name, '')}]{t.state.name}[/]",
             trial_reason(t),
         )
@@ -58,23 +58,23 @@ def best_summary(study: optuna.Study) -> str | None:
 
 def promoted_table(study: optuna.Study) -> Table | None:
     """The full runs promoted from this study's trials (the study's promote-<trial> user attrs)."""
-    runs = [(k, v) for k, v in sorted(study.user_attrs.items()) if k.startswith("promote-")]
+    runs = sorted(promote_runs(study).items())
     if not runs:
         return None
     table = Table(title="promoted runs", header_style="bold")
     for name in ("run", "trial", "peak lr", "warmup", "steps", "final val", "best val", "status", "run folder"):
         table.add_column(name, justify="left" if name in ("run", "status", "run folder") else "right")
-    for key, r in runs:
+    for name, r in runs:
         table.add_row(
-            key,
-            str(r["trial"]),
-            f"{r['lr']:.3g}",
-            str(r["warmup"]),
-            f"{r['steps_done']}/{r['max_steps']}",
-            fmt_loss(r["final_val_loss"]),
-            fmt_loss(r["best_val_loss"]),
-            r["status"],
-            r["run_dir"],
+            name,
+            str(r.trial),
+            f"{r.lr:.3g}",
+            str(r.warmup),
+            f"{r.steps_done}/{r.max_steps}",
+            fmt_loss(r.final_val_loss),
+            fmt_loss(r.best_val_loss),
+            r.status,
+            r.run_dir,
         )
     return table
 
@@ -98,7 +98,7 @@ def studies_table(storage) -> Table:
             str(count[TrialState.RUNNING]),
             fmt_loss(best.value if best else None),
             f"{best.params['lr']:.3g}" if best and "lr" in best.params else "",
-            str(sum(k.startswith("promote-") for k in summary.user_attrs)),
+            str(len(promote_runs(summary))),
         )
     return table
 

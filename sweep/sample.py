@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from sweep.record import promote_runs
 from train_core.checkpoint import CheckpointManager
 from train_core.config import TrainConfig
 from train_core.errors import InputError
@@ -42,13 +43,12 @@ class Sampling:
 def promoted_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Path:
     """The folder of the trial's promoted run (the last `promote` of it to start), from the study's user attrs: one per
     run, `promote-<trial>` with a suffix for another --max-steps or LR."""
-    runs = [v for k, v in study.user_attrs.items()
-            if k.startswith("promote-") and isinstance(v, dict) and v.get("trial") == trial.number]
-    status = max(runs, key=lambda v: v.get("started_at", ""), default=None)
+    runs = [run for run in promote_runs(study).values() if run.trial == trial.number]
+    status = max(runs, key=lambda run: run.started_at or "", default=None)
     if status is None:
         raise InputError(f"trial {trial.number} of study {study.study_name} has not been promoted: run "
                          f"`python -m sweep promote {trial.number}` first, or give a run folder")
-    return Path(status["run_dir"])
+    return Path(status.run_dir)
 
 
 def load_run(run_dir: Path, *, device: torch.device) -> tuple[GPT, dict]:

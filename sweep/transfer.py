@@ -19,9 +19,9 @@ import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from sweep.analysis import PowerLaw, fit_power_law
-from sweep.objective import MODEL_ATTR
 from sweep.plots import save_figure
 from sweep.recipe import Recipe
+from sweep.record import TransferAttr, check_version, swept_model, write_version
 from sweep.runs import transfer_study, width_recipe_name
 from sweep.trust import CurveBottom, curve_bottom
 from sweep.width import at_width
@@ -60,15 +60,15 @@ class TransferFit:
     def attrs(self) -> dict:
         """The fit as plain values: the summary study's user attrs."""
         return {
-            "parametrization": self.parametrization,
-            "steps": self.steps,
-            "widths": sorted(self.bottoms),
-            "best_lr": {str(w): b.lr for w, b in self.bottoms.items()},
-            "at_edge": [w for w, b in self.bottoms.items() if b.at_edge],
-            "slope": self.law.exponent if self.law else None,
-            "slope_standard_error": _finite_or_none(self.law.exponent_standard_error) if self.law else None,
-            "law": dataclasses.asdict(self.law) if self.law else None,
-            "transferred": self.transferred(),
+            TransferAttr.PARAMETRIZATION: self.parametrization,
+            TransferAttr.STEPS: self.steps,
+            TransferAttr.WIDTHS: sorted(self.bottoms),
+            TransferAttr.BEST_LR: {str(w): b.lr for w, b in self.bottoms.items()},
+            TransferAttr.AT_EDGE: [w for w, b in self.bottoms.items() if b.at_edge],
+            TransferAttr.SLOPE: self.law.exponent if self.law else None,
+            TransferAttr.SLOPE_STANDARD_ERROR: _finite_or_none(self.law.exponent_standard_error) if self.law else None,
+            TransferAttr.LAW: dataclasses.asdict(self.law) if self.law else None,
+            TransferAttr.TRANSFERRED: self.transferred(),
         }
 
 
@@ -88,6 +88,7 @@ def store_transfer(
                                   load_if_exists=True)
     for key, value in fit.attrs().items():
         summary.set_user_attr(key, value)
+    write_version(summary)
     artifact_dir.mkdir(parents=True, exist_ok=True)
     upload_artifact(artifact_store=FileSystemArtifactStore(artifact_dir), file_path=str(plot), study_or_trial=summary)
     optuna_dashboard.save_note(summary, "\n".join(["## LR transfer across width", "", *report_lines(fit)]))
@@ -139,14 +140,16 @@ def width_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, recip
     """The peak LR for the swept model made n_embd wide, from `lr` at the swept width (`source` says whose: the trial's,
     or the horizon fit's), and why: μP keeps it (what μP is for); SP moves it along the drift `transfer` fitted, or
     keeps it with a warning when there is none."""
-    swept = study.user_attrs.get(MODEL_ATTR) or dataclasses.asdict(recipe.train.model)  # as the study trained it
-    width = swept["n_embd"]
-    if swept.get("parametrization", "sp") == "mup":
+    swept = swept_model(study) or recipe.train.model  # as the study trained it
+    width = swept.n_embd
+    if swept.parametrization == "mup":
         return lr, f"{source} at width {width}, kept as is at width {n_embd}: μP"
     name = transfer_study(recipe.name, "sp")
     summary = next((s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
                     if s.study_name == name), None)
-    law = summary.user_attrs.get("law") if summary else None
+    if summary is not None:
+        check_version(summary)
+    law = summary.user_attrs.get(TransferAttr.LAW) if summary else None
     if law is None:
         return lr, (f"{source} at width {width}, unchanged: SP without a drift fit ({name}; run `sweep transfer "
                     "--parametrization sp` first), though SP's best lr moves with width")

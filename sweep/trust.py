@@ -33,6 +33,7 @@ from sweep.analysis import (
 from sweep.objective import TrialPlan
 from sweep.plots import draw_range_plot, save_figure
 from sweep.recipe import Recipe, run_config
+from sweep.record import ConfirmAttr, HorizonAttr, RangeAttr, check_version, is_anchor, write_version
 from sweep.runs import confirm_study, horizon_study, range_study
 from train_core.errors import InputError
 from train_core.trainer import StepMetrics, train
@@ -66,9 +67,10 @@ def run_range_test(
     for step, (_, loss) in enumerate(curve):
         if math.isfinite(loss):
             trial.report(loss, step)
-    for key, value in dataclasses.asdict(result).items():
-        trial.set_user_attr(key, value)
-    trial.set_user_attr("suggested_bounds", list(result.bounds()))
+    trial.set_user_attr(RangeAttr.STEEPEST_LR, result.steepest_lr)
+    trial.set_user_attr(RangeAttr.DIVERGED_LR, result.diverged_lr)
+    trial.set_user_attr(RangeAttr.MIN_LOSS_LR, result.min_loss_lr)
+    trial.set_user_attr(RangeAttr.SUGGESTED_BOUNDS, list(result.bounds()))
     if plot is not None:
         plot.parent.mkdir(parents=True, exist_ok=True)
         draw_range_plot([lr for lr, _ in curve], [loss for _, loss in curve], steepest=result.steepest_lr,
@@ -102,7 +104,7 @@ def run_confirm(
     for t in complete:
         if all(t.params != c.params for c in chosen) and len(chosen) < top:
             chosen.append(t)
-    anchor = next((t for t in complete if t.user_attrs.get("anchor")), None)
+    anchor = next((t for t in complete if is_anchor(t)), None)
     if anchor is not None and all(anchor.params != c.params for c in chosen):
         chosen.append(anchor)
     confirm = optuna.create_study(study_name=confirm_study(study.study_name), storage=storage, load_if_exists=True)
@@ -122,11 +124,11 @@ def run_confirm(
                     {"lr": FloatDistribution(lr, lr), "warmup": IntDistribution(warmup, warmup),
                      "seed": IntDistribution(seed, seed)}
                 )
-                trial.set_user_attr("source_trial", t.number)
+                trial.set_user_attr(ConfirmAttr.SOURCE_TRIAL, t.number)
                 confirm.tell(trial, value)
                 done[(lr, warmup, seed)] = value
             losses[seed] = done[(lr, warmup, seed)]
-        results.append(SeedResults(lr=lr, warmup=warmup, anchor=bool(t.user_attrs.get("anchor")), losses=losses))
+        results.append(SeedResults(lr=lr, warmup=warmup, anchor=is_anchor(t), losses=losses))
     return results
 
 
@@ -144,7 +146,7 @@ def confirm_outlook(study: optuna.Study, *, seeds: int) -> list[str]:
     winner, lines = complete[0], [f"confirm: the sweep's final losses scatter by sd {noise:.4f} around its "
                                   f"loss-vs-LR curve (one seed each)"]
     others = [("the runner-up", complete[1])]
-    anchor = next((t for t in complete if t.user_attrs.get("anchor")), None)
+    anchor = next((t for t in complete if is_anchor(t)), None)
     if anchor is not None and anchor is not winner and anchor is not complete[1]:
         others.append(("the anchor", anchor))
     for label, other in others:
@@ -257,11 +259,12 @@ def store_horizon_fit(
 ) -> optuna.Study:
     """The fit in the user attrs of the study <recipe>-horizon (its plot attached), where `horizon_lr` reads it."""
     summary = optuna.create_study(study_name=horizon_study(recipe_name), storage=storage, load_if_exists=True)
-    for key, value in {"points": fit.points, "exponent": fit.exponent, "target_steps": fit.target_steps,
-                       "extrapolated_lr": fit.lr, "uncertainty_factor": fit.factor,
-                       "tokens_per_step": fit.tokens_per_step, "law": dataclasses.asdict(fit.law),
-                       "at_edge": fit.at_edge}.items():
+    for key, value in {HorizonAttr.POINTS: fit.points, HorizonAttr.EXPONENT: fit.exponent,
+                       HorizonAttr.TARGET_STEPS: fit.target_steps, HorizonAttr.EXTRAPOLATED_LR: fit.lr,
+                       HorizonAttr.UNCERTAINTY_FACTOR: fit.factor, HorizonAttr.TOKENS_PER_STEP: fit.tokens_per_step,
+                       HorizonAttr.LAW: dataclasses.asdict(fit.law), HorizonAttr.AT_EDGE: fit.at_edge}.items():
         summary.set_user_attr(key, value)
+    write_version(summary)
     artifact_dir.mkdir(parents=True, exist_ok=True)
     upload_artifact(artifact_store=FileSystemArtifactStore(artifact_dir), file_path=str(plot), study_or_trial=summary)
     return summary
@@ -271,10 +274,11 @@ def horizon_lr(*, storage: optuna.storages.BaseStorage, recipe: Recipe, steps: i
     """The peak LR the stored horizon fit gives a run of `steps` steps, and its one-standard-error factor."""
     fits = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     fit = fits.get(horizon_study(recipe.name))
-    if fit is None or "law" not in fit.user_attrs:
+    if fit is None or HorizonAttr.LAW not in fit.user_attrs:
         raise InputError(f"no horizon fit for {recipe.name} in this storage: run `python -m sweep horizon --steps "
                          "100,300` first")
-    law = PowerLaw(**fit.user_attrs["law"])
+    check_version(fit)
+    law = PowerLaw(**fit.user_attrs[HorizonAttr.LAW])
     tokens = steps * recipe.train.batch.total_batch_size
     return law.predict(tokens), law.uncertainty_factor(tokens)
 

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from sweep.record import TrialAttr
 from train_core.trainer import StepMetrics
 
 STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
@@ -57,7 +58,7 @@ def make_view(console: Console, *, quiet: bool) -> SweepView:
 
 
 def trial_reason(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get("prune_reason") or trial.user_attrs.get("fail_reason") or "")
+    return str(trial.user_attrs.get(TrialAttr.PRUNE_REASON) or trial.user_attrs.get(TrialAttr.FAIL_REASON) or "")
 
 
 class PlainView(SweepView):
@@ -89,8 +90,8 @@ class PlainView(SweepView):
         started = self.started.pop(trial.number, None)
         value = f" val loss {trial.value:.4f}" if trial.state == TrialState.COMPLETE else ""  # a pruned value is train loss
         reason = f" ({trial_reason(trial)})" if trial_reason(trial) else ""
-        if "duplicate_of" in trial.user_attrs:
-            took = f", the result of trial {trial.user_attrs['duplicate_of']}"  # nothing trained
+        if TrialAttr.DUPLICATE_OF in trial.user_attrs:
+            took = f", the result of trial {trial.user_attrs[TrialAttr.DUPLICATE_OF]}"  # nothing trained
         else:
             took = f" in {time.perf_counter() - started:.0f}s" if started is not None else ""
         self.console.print(f"trial {trial.number} {trial.state.name}{value}{reason}{took}", highlight=False)
@@ -98,7 +99,7 @@ class PlainView(SweepView):
 
 def steps_run(trial: FrozenTrial) -> int:
     """Optimizer steps a finished trial trained (a pruned one stopped early)."""
-    return int(trial.user_attrs.get("steps_done", len(trial.intermediate_values)))
+    return int(trial.user_attrs.get(TrialAttr.STEPS_DONE, len(trial.intermediate_values)))
 
 
 def eta_basis(finished_steps: list[int], *, steps: int) -> tuple[float, str]:
@@ -200,7 +201,7 @@ class LiveView(SweepView):
             "warmup": trial.params.get("warmup", ""),
             "step": max(row.get("step", 0), last_step),
             "loss": row.get("loss", trial.intermediate_values.get(last_step - 1, math.nan)),
-            "tok_s": trial.user_attrs.get("tokens_per_s", row.get("tok_s", 0.0)),
+            "tok_s": trial.user_attrs.get(TrialAttr.TOKENS_PER_S, row.get("tok_s", 0.0)),
             "state": trial.state.name,
             "value": trial.value,
             "reason": trial_reason(trial),

@@ -26,9 +26,9 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.record import SystemAttr, TrialAttr, fail_reason
 from train_core import InputError
 
-HEARTBEAT_ATTR = "sweep:heartbeat"
 DIED = "worker died"  # how a reaped trial's fail_reason starts
 STORAGE_FAULT = "storage fault"  # how the fail_reason starts of a trial that could not write to its storage
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -85,7 +85,7 @@ class Heartbeat:
                 continue
 
     def _beat(self) -> None:
-        self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, self.clock())
+        self.storage.set_trial_system_attr(self.trial_id, SystemAttr.HEARTBEAT, self.clock())
 
 
 class Interrupts:
@@ -126,7 +126,7 @@ class Interrupts:
 
 
 def last_beat(trial: FrozenTrial) -> float:
-    stamp = trial.system_attrs.get(HEARTBEAT_ATTR)
+    stamp = trial.system_attrs.get(SystemAttr.HEARTBEAT)
     return float(stamp) if stamp is not None else trial.datetime_start.timestamp()
 
 
@@ -156,13 +156,13 @@ def reap_dead_trials(
         retry = retries(trial.user_attrs) < max_retries
         reason = f"{DIED}: no heartbeat for {silent:.0f}s" + ("" if retry else _given_up(trial.user_attrs))
         try:
-            storage.set_trial_user_attr(dead, "fail_reason", reason)
+            storage.set_trial_user_attr(dead, TrialAttr.FAIL_REASON, reason)
             storage.set_trial_state_values(dead, TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue  # finished meanwhile, or another worker reaped it first
         if retry:
             # A retry that died before its objective suggested anything holds its params only as the enqueued ones.
-            params = trial.system_attrs.get("fixed_params", {}) | trial.params
+            params = trial.system_attrs.get(SystemAttr.FIXED_PARAMS, {}) | trial.params
             enqueue_retry(study, number=trial.number, params=params, user_attrs=trial.user_attrs, counts=True)
         reaped.append(trial.number)
     return reaped
@@ -170,7 +170,7 @@ def reap_dead_trials(
 
 def retries(user_attrs: dict) -> int:
     """How often this trial's work was retried after its worker died or its storage failed (interrupts not counted)."""
-    return int(user_attrs.get("retries", 0))
+    return int(user_attrs.get(TrialAttr.RETRIES, 0))
 
 
 def _given_up(user_attrs: dict) -> str:
@@ -180,22 +180,22 @@ def _given_up(user_attrs: dict) -> str:
 def was_reaped(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
     """Whether another worker declared this trial dead (see reap_dead_trials)."""
     trial = storage.get_trial(trial_id)
-    return trial.state == TrialState.FAIL and str(trial.user_attrs.get("fail_reason", "")).startswith(DIED)
+    return trial.state == TrialState.FAIL and fail_reason(trial).startswith(DIED)
 
 
 def enqueue_retry(study: optuna.Study, *, number: int, params: dict, user_attrs: dict, counts: bool) -> None:
     """A new trial with trial `number`'s params that continues it from its checkpoint folder. counts: whether this
     retry counts towards --max-retries (a dead worker, a failed storage: yes; an interrupt asked for: no)."""
-    attrs = {"retry_of": number, "resume_trial": resume_root(number, user_attrs),
-             "retries": retries(user_attrs) + counts}
-    if user_attrs.get("anchor"):
-        attrs["anchor"] = True
+    attrs = {TrialAttr.RETRY_OF: number, TrialAttr.RESUME_TRIAL: resume_root(number, user_attrs),
+             TrialAttr.RETRIES: retries(user_attrs) + counts}
+    if user_attrs.get(TrialAttr.ANCHOR):
+        attrs[TrialAttr.ANCHOR] = True
     study.enqueue_trial(params, user_attrs=attrs)
 
 
 def resume_root(number: int, user_attrs: dict) -> int:
     """The trial whose folder holds this trial's checkpoints: the first of a chain of retries."""
-    return int(user_attrs.get("resume_trial", number))
+    return int(user_attrs.get(TrialAttr.RESUME_TRIAL, number))
 
 
 @dataclass(frozen=True)
@@ -285,8 +285,8 @@ def describe_workers(study: optuna.Study, *, gpus: list[str | None], threads: in
     lines = []
     for gpu in dict.fromkeys(gpus):
         numbers = ", ".join(str(index) for index, assigned in enumerate(gpus, 1) if assigned == gpu)
-        ran = sorted({t.user_attrs["device"] for t in trials
-                      if t.user_attrs.get("device", "").endswith(f"CUDA_VISIBLE_DEVICES={gpu})")})
+        ran = sorted({t.user_attrs[TrialAttr.DEVICE] for t in trials
+                      if t.user_attrs.get(TrialAttr.DEVICE, "").endswith(f"CUDA_VISIBLE_DEVICES={gpu})")})
         lines.append(f"GPU {gpu}: worker {numbers} (CUDA_VISIBLE_DEVICES={gpu})"
                      + (f"; trials ran on {', '.join(ran)}" if ran else ""))
     return lines

@@ -338,19 +338,19 @@ def test_existing_study_with_another_search_space_is_refused(study, tmp_path, ca
 def test_a_warmup_range_is_searched_as_integers_and_the_plan_reads_back_from_the_study(data, tmp_path, monkeypatch):
     from optuna.distributions import IntDistribution
 
-    from sweep.objective import PLAN_ATTR, TrialPlan
+    from sweep.objective import TrialPlan
 
     monkeypatch.chdir(tmp_path)
     path = write_study(tmp_path / "tiny.yaml", study_values(data, warmup={"min": 0, "max": 0.2}))
     assert run_lr(path, "sweep.log", "--sampler", "random", "--pruner", "none", "--trials", "3") == 0
     study = load("sweep.log")
-    assert study.user_attrs[PLAN_ATTR]["warmup"] == [0, 4] and study.user_attrs[PLAN_ATTR]["warmup_is_range"]
+    assert study.user_attrs["search_space"]["warmup"] == [0, 4] and study.user_attrs["search_space"]["warmup_is_range"]
     for trial in study.get_trials():
         assert trial.distributions["warmup"] == IntDistribution(0, 4)
         assert isinstance(trial.params["warmup"], int) and 0 <= trial.params["warmup"] <= 4
     # `confirm` re-runs the study's trials from the plan it reads back: the same plan, the range kept a range.
     plan = TrialPlan.from_study(study, recipe=load_recipe(path), study_dir=tmp_path / "runs" / study.study_name)
-    assert plan.to_study_attr() == study.user_attrs[PLAN_ATTR]
+    assert plan.search_space().to_attr() == study.user_attrs["search_space"]
 
 
 def test_a_grid_over_a_warmup_range_takes_evenly_spaced_warmups(data, tmp_path, monkeypatch):

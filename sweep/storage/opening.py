@@ -112,10 +112,13 @@ def _engine_kwargs(kind: StorageKind) -> dict:
 
 
 def open_study(url: str, study_name: str) -> tuple[optuna.storages.BaseStorage, optuna.Study]:
-    """A study that must exist, and its storage; an InputError listing the storage's studies when it does not."""
+    """A study that must exist, and its storage; an InputError listing the storage's studies when it does not, or
+    naming its record version when a newer version of this code wrote it."""
+    from sweep.record import load_study_checked  # here: the record reads recipes, which the storage never needs
+
     storage = open_storage(url, create=False)
     try:
-        return storage, optuna.load_study(study_name=study_name, storage=storage)
+        return storage, load_study_checked(storage=storage, study_name=study_name)
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
         raise InputError(
