@@ -15,7 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.pruning import make_pruner
 from sweep.samplers import lr_grid, make_sampler, startup_trials
-from sweep.objective import Objective, TrialPlan, name_metric
+from sweep.objective import Objective, name_metric
+from sweep.plan import TrialPlan
 from sweep.recipe import recipe_note, warmup_steps
 from sweep.record import (
     StudyAttr,
@@ -155,21 +156,15 @@ def open_study(
         if saved is not None and saved != json.loads(json.dumps(space.to_attr())):
             raise InputError(
                 f"study {study_name} in {mask(storage_url)} was run with another search space "
-                f"({_diff(saved, space.to_attr())}); "
-                "pass another --study-name to start a new study"
+                f"({_diff(saved, space.to_attr())}); pass another --study-name to start a new study"
             )
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
         direction="minimize",
         load_if_exists=True,
-        sampler=make_sampler(
-            sampler,
-            seed=plan.seed,
-            worker=worker_index or 0,
-            n_startup_trials=startup_trials(trials),
-            grid=grid,
-        ),
+        sampler=make_sampler(sampler, seed=plan.seed, worker=worker_index or 0, n_startup_trials=startup_trials(trials),
+                             grid=grid),
         pruner=make_pruner(plan.pruner_name, steps=plan.steps, warmup_steps=plan.warmups.longest),
     )
     if existing is None:

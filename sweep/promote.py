@@ -12,7 +12,6 @@ trial change, so the result is written back as
   and a note. A run that a crash interrupted leaves its trial FAIL; the resumed run records a new one.
 """
 
-import csv
 import dataclasses
 import os
 import time
@@ -21,20 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import optuna_dashboard
 import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.distributions import FloatDistribution
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from sweep.objective import git_commit, name_metric
-from sweep.recipe import Recipe, parse_recipe_text, recipe_note, run_config
+from sweep.recipe import Recipe, parse_recipe_text, run_config
 from sweep.record import (
     PROMOTE_PREFIX,
-    PromoteRun,
-    PromotedAttr,
-    StudyAttr,
     TrialAttr,
     promote_runs,
     search_space,
@@ -42,17 +35,15 @@ from sweep.record import (
     swept_recipe,
     write_promote_run,
 )
+from sweep.promoted import MetricsLog, finish_promoted_trial, run_status, start_promoted_trial, write_study_note
 from sweep.report import fmt_loss
-from sweep.runs import Runs, promoted_study
+from sweep.runs import Runs
 from train_core.checkpoint import CheckpointManager
 from train_core.config import ScheduleConfig, TrainConfig
 from train_core.errors import InputError
 from train_core.locks import hold_run_folder
 from train_core.model import GPT
 from train_core.trainer import StepMetrics, check_resumable, check_same_parametrization, train
-
-METRIC_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu", "val_loss")
-
 
 @dataclass(frozen=True, kw_only=True)
 class PromotePlan:
@@ -218,22 +209,13 @@ def _run_promote(
     plan: PromotePlan, *, storage: optuna.storages.BaseStorage, console: Console, artifact_store: FileSystemArtifactStore
 ) -> int:
     is_main = int(os.environ.get("RANK", 0)) == 0
-    checkpoints = CheckpointManager(plan.run_dir, keep_last=plan.config.checkpoint.keep_last)
-    if (done := checkpoints.done_summary()) is not None:
-        # A run finished with another recipe (--force after an edit) is not this run: never report it as done.
-        check_resumable(done["config"], plan.config, plan.run_dir)
-        if is_main:
-            result = done["result"]
-            console.print(
-                f"{plan.run_dir} already finished: {result['steps_done']} steps, val loss {result['final_val_loss']:.4f}",
-                highlight=False,
-            )
+    if _already_done(plan, console=console, is_main=is_main):
         return 0
-    log = _MetricsLog(plan.run_dir / "metrics.csv") if is_main else None
+    log = MetricsLog(plan.run_dir / "metrics.csv") if is_main else None
     started = time.perf_counter()
     total = plan.config.schedule.max_steps
-    record: dict = {}  # when the run started and its trial in <study>-promoted, kept in every status update
-    trial, reported = None, set()
+    trial, record = _begin(plan, storage=storage, log=log, console=console) if is_main else (None, {})
+    reported = set()
 
     def on_step(m: StepMetrics) -> None:
         log.write(m)
@@ -246,21 +228,9 @@ def _run_promote(
         if m.val_loss is not None:
             trial.report(m.val_loss, m.step)
             reported.add(m.step)
-            running = _status(plan, log, status="running", steps_done=m.step + 1)
+            running = run_status(plan, log, status="running", steps_done=m.step + 1)
             write_promote_run(plan.study, plan.key, dataclasses.replace(running, **record))
 
-    if is_main:
-        console.print(plan.describe(), highlight=False)
-        previous = promote_runs(plan.study).get(plan.key)
-        # Whether the run began in an earlier process:
-        resumed = bool(log.rows) and previous is not None and previous.started_at is not None
-        trial = _start_promoted_trial(plan, storage, stale=previous.promoted_trial if previous else None)
-        record = dict(
-            started_at=previous.started_at if resumed else datetime.now().isoformat(timespec="seconds"),
-            promoted_trial=trial.number,
-        )
-        running = _status(plan, log, status="running", steps_done=0)
-        write_promote_run(plan.study, plan.key, dataclasses.replace(running, **record))
     try:
         result = train(plan.config, out_dir=plan.run_dir, callback=on_step)
     except BaseException:
@@ -270,14 +240,14 @@ def _run_promote(
     if not is_main:
         return 0
     wall = time.perf_counter() - started
-    status = dataclasses.replace(_status(plan, log, status=result.status, steps_done=result.steps_done), **record,
+    status = dataclasses.replace(run_status(plan, log, status=result.status, steps_done=result.steps_done), **record,
                                  wall_s=round(wall, 1), tokens_per_s=round(result.tokens_per_s, 1))
     write_promote_run(plan.study, plan.key, status)
-    _write_study_note(plan.study)
+    write_study_note(plan.study)
     for step, value in log.val_curve():  # a resumed run's trial also gets the val losses of the steps before it
         if step not in reported:
             trial.report(value, step)
-    _finish_promoted_trial(trial, plan, log, status, artifact_store, completed=result.status == "completed")
+    finish_promoted_trial(trial, plan, log, status, artifact_store, completed=result.status == "completed")
     console.print(
         f"{result.status}: {result.steps_done} steps, final val loss {fmt_loss(result.final_val_loss)}, best "
         f"{fmt_loss(result.best_val_loss)}, {result.tokens_per_s:,.0f} tokens/s, {wall:.0f}s; run folder {plan.run_dir}",
@@ -286,123 +256,36 @@ def _run_promote(
     return 0 if result.status == "completed" else 1
 
 
-class _MetricsLog:
-    """metrics.csv of the full run, one row per step; after a resume, rows the crashed process wrote past the
-    checkpoint it resumed from are dropped, so the file matches the run's real history."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: list[dict] = []
-        if path.exists():
-            with open(path, newline="") as f:
-                self.rows = [dict(r) for r in csv.DictReader(f)]
-        self.first = True
-
-    def write(self, m: StepMetrics) -> None:
-        if self.first:
-            self.rows = [r for r in self.rows if int(r["step"]) < m.step]
-            self._rewrite()
-            self.first = False
-        row = {
-            "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm, "tokens_seen": m.tokens_seen,
-            "tokens_per_s": round(m.tokens_per_s, 1), "mfu": round(m.mfu, 4),
-            "val_loss": "" if m.val_loss is None else m.val_loss,
-        }
-        self.rows.append({k: str(v) for k, v in row.items()})
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=METRIC_COLUMNS).writerow(row)
-
-    def _rewrite(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-    def val_curve(self) -> list[tuple[int, float]]:
-        return [(int(r["step"]), float(r["val_loss"])) for r in self.rows if r["val_loss"]]
+def _already_done(plan: PromotePlan, *, console: Console, is_main: bool) -> bool:
+    """Whether the run finished in an earlier process (said once, by the main process)."""
+    done = CheckpointManager(plan.run_dir, keep_last=plan.config.checkpoint.keep_last).done_summary()
+    if done is None:
+        return False
+    # A run finished with another recipe (--force after an edit) is not this run: never report it as done.
+    check_resumable(done["config"], plan.config, plan.run_dir)
+    if is_main:
+        result = done["result"]
+        console.print(f"{plan.run_dir} already finished: {result['steps_done']} steps, val loss "
+                      f"{result['final_val_loss']:.4f}", highlight=False)
+    return True
 
 
-def _status(plan: PromotePlan, log: _MetricsLog, *, status: str, steps_done: int) -> PromoteRun:
-    vals = [v for _, v in log.val_curve()]
-    return PromoteRun(
-        status=status,
-        run_dir=str(plan.run_dir),
-        trial=plan.trial.number,
-        lr=plan.config.schedule.max_lr,
-        warmup=plan.config.schedule.warmup_steps,
-        max_steps=plan.config.schedule.max_steps,
-        steps_done=steps_done,
-        tokens=steps_done * plan.config.batch.total_batch_size,
-        final_val_loss=vals[-1] if vals else None,
-        best_val_loss=min(vals) if vals else None,
+def _begin(plan: PromotePlan, *, storage: optuna.storages.BaseStorage, log: MetricsLog,
+           console: Console) -> tuple[optuna.Trial, dict]:
+    """The plan printed, the run's trial in <study>-promoted started, and its record marked running; the trial, and
+    what every later status update keeps (when the run started, its promoted trial)."""
+    console.print(plan.describe(), highlight=False)
+    previous = promote_runs(plan.study).get(plan.key)
+    # Whether the run began in an earlier process:
+    resumed = bool(log.rows) and previous is not None and previous.started_at is not None
+    trial = start_promoted_trial(plan, storage, stale=previous.promoted_trial if previous else None)
+    record = dict(
+        started_at=previous.started_at if resumed else datetime.now().isoformat(timespec="seconds"),
+        promoted_trial=trial.number,
     )
-
-
-def _start_promoted_trial(plan: PromotePlan, storage: optuna.storages.BaseStorage, *, stale: int | None) -> optuna.Trial:
-    """The run's trial in <study>-promoted, asked now so that its start is the run's; a trial an interrupted earlier
-    process of this run left RUNNING is failed first."""
-    promoted = optuna.create_study(
-        study_name=promoted_study(plan.study.study_name),
-        storage=storage,
-        direction="minimize",
-        load_if_exists=True,
-    )
-    name_metric(promoted)
-    if stale is not None and any(t.number == stale for t in promoted.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
-        promoted.tell(stale, state=TrialState.FAIL)
-    lr = plan.config.schedule.max_lr  # the trial's, or the one extrapolated by `sweep horizon`
-    source = plan.trial.distributions["lr"]
-    distributions = plan.trial.distributions | {
-        "lr": FloatDistribution(min(lr, source.low), max(lr, source.high), log=source.log)
-    }
-    promoted.enqueue_trial(plan.trial.params | {"lr": lr})
-    trial = promoted.ask(fixed_distributions=distributions)
-    trial.set_user_attr(PromotedAttr.SOURCE_STUDY, plan.study.study_name)
-    trial.set_user_attr(PromotedAttr.RUN, plan.key)
-    if stale is not None:
-        trial.set_user_attr(PromotedAttr.RESUMES_TRIAL, stale)
-    return trial
-
-
-def _finish_promoted_trial(
-    trial: optuna.Trial, plan: PromotePlan, log: _MetricsLog, status: PromoteRun, store: FileSystemArtifactStore, *,
-    completed: bool,
-) -> None:
-    """COMPLETE with the final val loss when the run finished, FAIL otherwise; its note and metrics.csv either way."""
-    for key, value in status.to_attr().items():
-        trial.set_user_attr(key, value)
-    if commit := git_commit():
-        trial.set_user_attr(PromotedAttr.GIT_COMMIT, commit)
-    optuna_dashboard.save_note(trial, _promoted_note(status))
-    upload_artifact(artifact_store=store, file_path=str(log.path), study_or_trial=trial)
-    if completed:
-        trial.study.tell(trial, status.final_val_loss)
-    else:
-        trial.study.tell(trial, state=TrialState.FAIL)
-
-
-def _write_study_note(study: optuna.Study) -> None:
-    """The study's note: its recipe, then one row per promoted run."""
-    lines = ["## Promoted runs", "", "| run | trial | lr | warmup | steps | status | final val | best val |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, run in promote_runs(study).items():
-        lines.append(
-            f"| {name} | {run.trial} | {run.lr:.3g} | {run.warmup} | {run.steps_done}/{run.max_steps} | {run.status} "
-            f"| {fmt_loss(run.final_val_loss)} | {fmt_loss(run.best_val_loss)} |"
-        )
-    text = study.user_attrs.get(StudyAttr.RECIPE)
-    recipe = [recipe_note(text), ""] if text is not None else []
-    optuna_dashboard.save_note(study, "\n".join([*recipe, *lines]))
-
-
-def _promoted_note(status: PromoteRun) -> str:
-    return (
-        f"**full run of trial {status.trial}**: peak lr {status.lr:.3g}, warmup {status.warmup}, "
-        f"{status.steps_done} steps, {status.tokens:,} tokens\n\n"
-        f"**final val loss** {fmt_loss(status.final_val_loss)} · **best** {fmt_loss(status.best_val_loss)}\n\n"
-        f"run folder `{status.run_dir}`"
-    )
+    running = run_status(plan, log, status="running", steps_done=0)
+    write_promote_run(plan.study, plan.key, dataclasses.replace(running, **record))
+    return trial, record
 
 
 def _flatten(values, prefix: str = "") -> dict:

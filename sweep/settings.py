@@ -47,7 +47,7 @@ class SweepSettings:
     def plan(self, recipe: Recipe, *, steps: int, lr_bounds: tuple[float, float] | None = None):
         """The TrialPlan of `steps`-step trials of recipe; every flag checked first."""
         from sweep.branches import BranchStore
-        from sweep.objective import TrialPlan
+        from sweep.plan import TrialPlan
         from sweep.pruning import make_pruner
         from sweep.samplers import make_sampler
         from sweep.targets import check_trial_places

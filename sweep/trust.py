@@ -30,7 +30,7 @@ from sweep.analysis import (
     range_test_diverged,
     seeds_needed,
 )
-from sweep.objective import TrialPlan
+from sweep.plan import TrialPlan
 from sweep.plots import draw_range_plot, save_figure
 from sweep.recipe import Recipe, run_config
 from sweep.record import ConfirmAttr, HorizonAttr, RangeAttr, check_version, is_anchor, write_version

@@ -11,7 +11,7 @@ import pytest
 
 from sweep import record
 from sweep.lr import open_study
-from sweep.objective import TrialPlan
+from sweep.plan import TrialPlan
 from sweep.recipe import load_recipe
 from sweep.runs import horizon_study, transfer_study
 from sweep.transfer import width_lr

@@ -338,7 +338,7 @@ def test_existing_study_with_another_search_space_is_refused(study, tmp_path, ca
 def test_a_warmup_range_is_searched_as_integers_and_the_plan_reads_back_from_the_study(data, tmp_path, monkeypatch):
     from optuna.distributions import IntDistribution
 
-    from sweep.objective import TrialPlan
+    from sweep.plan import TrialPlan
 
     monkeypatch.chdir(tmp_path)
     path = write_study(tmp_path / "tiny.yaml", study_values(data, warmup={"min": 0, "max": 0.2}))

@@ -8,7 +8,7 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 
 from sweep.cli import main
-from sweep.objective import TrialPlan
+from sweep.plan import TrialPlan
 from sweep.recipe import load_recipe
 from sweep.transfer import width_lr
 from sweep_fixtures import load, study_values, write_study, write_token_files

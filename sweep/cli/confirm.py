@@ -21,7 +21,7 @@ def register(commands) -> None:
 
 
 def run(args, console) -> int:
-    from sweep.objective import TrialPlan
+    from sweep.plan import TrialPlan
     from sweep.recipe import load_recipe
     from sweep.runs import sweep_study
     from sweep.storage import open_study
