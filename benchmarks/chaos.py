@@ -42,7 +42,7 @@ from optuna.trial import TrialState
 from sweep.record import TrialAttr, fail_reason
 from sweep.storage import mask, open_storage
 from sweep.workers import STORAGE_FAULT
-from train_core.data import write_nanogpt_bin
+from train_core import write_nanogpt_bin
 
 VOCAB = 512
 SHOWN_ATTRS = (TrialAttr.RETRY_OF, TrialAttr.DUPLICATE_OF, TrialAttr.FAIL_REASON)  # of a trial, when a check fails

@@ -31,13 +31,13 @@ import rich.console
 import rich.table
 import yaml
 
-from train_core.data import write_llmc_shard
-from train_core.tokenizer import VOCAB_SIZE
+from train_core import write_llmc_shard
+from train_core import VOCAB_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 OPEN_SCRIPT = """
 import sys, time
-from train_core.data import TokenData
+from train_core import TokenData
 start = time.perf_counter()  # after the imports (torch: seconds), which every process pays whatever the data
 data = TokenData.open(sys.argv[1], vocab_size=int(sys.argv[2]))
 print(f"{time.perf_counter() - start:.4f} {data.num_tokens}")

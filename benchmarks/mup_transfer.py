@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sweep.analysis import best_lr, compare_paired, fit_power_law  # noqa: E402
 from sweep.recipe import load_recipe  # noqa: E402
 from sweep.width import at_width  # noqa: E402
-from train_core.config import TrainConfig  # noqa: E402
-from train_core.trainer import train  # noqa: E402
+from train_core import TrainConfig# noqa: E402
+from train_core import train# noqa: E402
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 

@@ -43,7 +43,7 @@ from sweep.pruning import make_pruner
 from sweep.record import SystemAttr
 from sweep.storage import mask, open_storage
 from sweep.workers import FINISHED, trial_id
-from train_core.data import write_nanogpt_bin
+from train_core import write_nanogpt_bin
 
 VOCAB = 512
 SHAPES = {
@@ -102,7 +102,7 @@ def sweep_rate(study_file: Path, folder: Path, *, name: str, trials: int, steps:
 def compare_workers(console, study: str, counts: list[int], *, trials: int, steps: int) -> None:
     """Part 3: the study swept with each worker count in turn; trials/hour against the first count."""
     from sweep.recipe import load_recipe, study_file
-    from train_core.data import ensure_corpus
+    from train_core import ensure_corpus
 
     recipe_path = study_file(study).resolve()
     recipe = load_recipe(recipe_path)

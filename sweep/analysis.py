@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from train_core.errors import InputError
+from train_core import InputError
 
 
 def t95(df: int) -> float:

@@ -16,8 +16,8 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from sweep.record import TrialAttr
-from train_core.checkpoint import CheckpointManager
-from train_core.config import TrainConfig
+from train_core import CheckpointManager
+from train_core import TrainConfig
 
 
 class BranchStore:

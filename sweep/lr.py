@@ -45,8 +45,8 @@ from sweep.workers import (
     was_reaped,
     worker_gpus,
 )
-from train_core.errors import FaultError, InputError
-from train_core.locks import exclusive
+from train_core import FaultError, InputError
+from train_core import exclusive
 
 SQLITE_ADVICE = ("SQLite takes one sweep at a time: wait for it, or use a journal file (--storage runs/sweep.log), "
                  "postgresql://... or redis://... for several processes")

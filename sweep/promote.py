@@ -38,12 +38,12 @@ from sweep.record import (
 from sweep.promoted import MetricsLog, finish_promoted_trial, run_status, start_promoted_trial, write_study_note
 from sweep.report import fmt_loss
 from sweep.runs import Runs
-from train_core.checkpoint import CheckpointManager
-from train_core.config import ScheduleConfig, TrainConfig
-from train_core.errors import InputError
-from train_core.locks import hold_run_folder
-from train_core.model import GPT
-from train_core.trainer import StepMetrics, check_resumable, check_same_parametrization, train
+from train_core import CheckpointManager
+from train_core import ScheduleConfig, TrainConfig
+from train_core import InputError
+from train_core import hold_run_folder
+from train_core import GPT
+from train_core import StepMetrics, check_resumable, check_same_parametrization, train
 
 @dataclass(frozen=True, kw_only=True)
 class PromotePlan:

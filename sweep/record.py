@@ -26,11 +26,11 @@ import optuna
 from optuna.trial import FrozenTrial
 
 import train_core  # its names load on first use: torch only comes in when a model is read
-from train_core.errors import InputError
+from train_core import InputError
 
 if TYPE_CHECKING:
     from sweep.recipe import Recipe
-    from train_core.model import GPTConfig
+    from train_core import GPTConfig
 
 RECORD_VERSION = 1
 

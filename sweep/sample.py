@@ -14,12 +14,12 @@ import optuna
 import torch
 
 from sweep.record import promote_runs
-from train_core.checkpoint import CheckpointManager
-from train_core.config import TrainConfig
-from train_core.errors import InputError
-from train_core.model import GPT
-from train_core.tokenizer import EOT_TOKEN, gpt2_encoding
-from train_core.trainer import resolve_device, resolve_dtype
+from train_core import CheckpointManager
+from train_core import TrainConfig
+from train_core import InputError
+from train_core import GPT
+from train_core import EOT_TOKEN, gpt2_encoding
+from train_core import resolve_device, resolve_dtype
 
 
 @dataclass(frozen=True, kw_only=True)

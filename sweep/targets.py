@@ -18,10 +18,9 @@ import json
 import re
 from pathlib import Path
 
-from train_core.errors import InputError
-from train_core.targets import (
-    PNG_SIGNATURE, RUN_FILES_SAID, SQLITE_HEADER, STABLE_NAME, TEMPORARY_NAME, check_folder_place, describe, listing,
-    run_folder_strays,
+from train_core import InputError
+from train_core import (
+    PNG_SIGNATURE, RUN_FILES_SAID, SQLITE_HEADER, STABLE_NAME, TEMPORARY_NAME, check_folder_place, describe_path, listing, run_folder_strays,
 )
 
 JOURNAL_START = b'{"op_code":'  # how Optuna's journal writes every record (compact JSON, op_code first)
@@ -61,7 +60,7 @@ def journal_problem(path: Path) -> str | None:
             return None
     elif first.startswith(JOURNAL_START):
         return None  # a journal whose first record was torn
-    return describe(path)
+    return describe_path(path)
 
 
 def check_journal(path: Path, *, name: str) -> None:
@@ -80,12 +79,12 @@ def check_storage_file(url: str) -> None:
     if not path.exists():
         return
     if path.is_dir():
-        raise InputError(f"--storage {url} is {describe(path)}, expected a storage file")
+        raise InputError(f"--storage {url} is {describe_path(path)}, expected a storage file")
     with open(path, "rb") as f:
         head = f.read(len(SQLITE_HEADER))
     if url.startswith("sqlite:"):
         if head and head != SQLITE_HEADER:
-            raise InputError(f"--storage {url}: {path} is {describe(path)}, not a SQLite database (which starts with "
+            raise InputError(f"--storage {url}: {path} is {describe_path(path)}, not a SQLite database (which starts with "
                              "'SQLite format 3'): give a new file or a SQLite database")
     elif head == SQLITE_HEADER:
         raise InputError(f"--storage {url} is a SQLite database, not a journal file: give it as sqlite:///{url}")
@@ -172,7 +171,7 @@ def check_plot(path: Path, *, name: str) -> None:
             head = f.read(256)
         if head.startswith(PNG_SIGNATURE) and b"Matplotlib" in head:  # its Software field, before the image data
             return
-    raise InputError(f"{name} is {describe(path)}, not a plot this tool wrote (a PNG from matplotlib): give another "
+    raise InputError(f"{name} is {describe_path(path)}, not a plot this tool wrote (a PNG from matplotlib): give another "
                      "path, or move it away")
 
 
@@ -183,7 +182,7 @@ def check_coord_check_out(plot: Path, *, name: str) -> None:
     check_plot(plot, name=name)
     scales = plot.with_suffix(".json")
     if scales.exists() and not _coord_check_json(scales):
-        raise InputError(f"{name}: {scales}, where its scales go, is {describe(scales)}, not the JSON of a coord-check "
+        raise InputError(f"{name}: {scales}, where its scales go, is {describe_path(scales)}, not the JSON of a coord-check "
                          "(widths, steps, scales): give another path, or move it away")
 
 

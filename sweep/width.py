@@ -7,10 +7,10 @@ The head count stays the recipe's, so the head size grows with width (what μP's
 import dataclasses
 from typing import TYPE_CHECKING
 
-from train_core.errors import InputError
+from train_core import InputError
 
 if TYPE_CHECKING:  # torch (behind the config) loads only when a command runs
-    from train_core.config import TrainConfig
+    from train_core import TrainConfig
 
 
 def at_width(train: "TrainConfig", *, n_embd: int, parametrization: str | None = None, flag: str = "--n-embd") -> "TrainConfig":

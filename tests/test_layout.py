@@ -1,5 +1,5 @@
 """The layout stays readable: no module of sweep/ over 350 lines, no function over 50 (the parser tables aside, which
-read as data), the CLI's main under 150 lines."""
+read as data), the CLI's main under 150 lines; sweep/ imports train_core only through its public face."""
 
 import ast
 from pathlib import Path
@@ -30,3 +30,14 @@ def test_no_function_of_sweep_is_over_50_lines():
 
 def test_the_cli_main_is_small():
     assert len((SWEEP / "cli" / "main.py").read_text().splitlines()) < CLI_MAIN_LINES
+
+
+def test_sweep_uses_only_train_cores_public_face():
+    """train_core publishes what the sweep may use (train_core/__init__.py); its submodules are its own business."""
+    inside = []
+    for path in SWEEP.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            inside += [f"{path.relative_to(SWEEP)}:{node.lineno} {n}" for n in names if n.startswith("train_core.")]
+    assert not inside, inside

@@ -52,6 +52,18 @@ _HOMES = {
     "this_process": "train_core.locks",
     # memory
     "check_fits": "train_core.memory",
+    # targets: what a run folder, a prepare folder and the files beside them look like
+    "PNG_SIGNATURE": "train_core.targets",
+    "RUN_FILES_SAID": "train_core.targets",
+    "SQLITE_HEADER": "train_core.targets",
+    "STABLE_NAME": "train_core.targets",
+    "TEMPORARY_NAME": "train_core.targets",
+    "check_folder_place": "train_core.targets",
+    "check_run_folder": "train_core.targets",
+    "clear_run_folder": "train_core.targets",
+    "describe_path": "train_core.targets",
+    "listing": "train_core.targets",
+    "run_folder_strays": "train_core.targets",
 }
 __all__ = sorted(_HOMES)
 

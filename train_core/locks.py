@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 
 from train_core.errors import FaultError, InputError
-from train_core.targets import describe
+from train_core.targets import describe_path
 
 RUN_LOCK_FILE = ".lock"
 
@@ -51,7 +51,7 @@ def check_lock_file(fd: int, lock_file: Path) -> None:
     same name that is not ours."""
     held = os.pread(fd, 200, 0)
     if held and not held.startswith(b"pid "):
-        raise InputError(f"{lock_file} is {describe(lock_file)} that is not a lock of this tool (which holds 'pid N "
+        raise InputError(f"{lock_file} is {describe_path(lock_file)} that is not a lock of this tool (which holds 'pid N "
                          "on HOST'): move it away")
 
 

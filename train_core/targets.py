@@ -34,7 +34,7 @@ RUN_FILES_SAID = "step-*.pt, best.pt, stable-*.pt, DONE, .lock, metrics.csv"
 PREPARED_FILE = re.compile(rf"train\.bin|val\.bin|meta\.json|\.(train|val)\.bin\.max-token-id\.json|{TEMPORARY_NAME}")
 
 
-def describe(path: Path) -> str:
+def describe_path(path: Path) -> str:
     """What is at path, in a few words: 'a SQLite database (192,512 bytes)', 'a folder holding a.txt, b/'."""
     if path.is_dir():
         names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
@@ -74,8 +74,8 @@ def check_folder_place(path: Path, *, name: str, expected: str) -> None:
     if (blocker := blocking_file(path)) is None:
         return
     if blocker == path:
-        raise InputError(f"{name} is {describe(path)}, expected {expected}")
-    raise InputError(f"{name} lies below {blocker}, which is {describe(blocker)}, not a folder: expected {expected}")
+        raise InputError(f"{name} is {describe_path(path)}, expected {expected}")
+    raise InputError(f"{name} lies below {blocker}, which is {describe_path(blocker)}, not a folder: expected {expected}")
 
 
 def run_folder_strays(folder: Path) -> list[str]:
@@ -136,7 +136,7 @@ def check_data_folder(out: Path, *, name: str) -> None:
                              "folder, or one an earlier prepare wrote (train.bin, val.bin, meta.json); give another folder")
         meta = out / "meta.json"
         if meta.exists() and not _prepared_meta(meta):
-            raise InputError(f"{name} holds a meta.json that prepare did not write ({describe(meta)}; prepare's says "
+            raise InputError(f"{name} holds a meta.json that prepare did not write ({describe_path(meta)}; prepare's says "
                              '"format": "nanogpt"): give another folder')
     check_outside_run_folders(out, name=name)
 
@@ -152,7 +152,7 @@ def peak_cache_problem(path: Path) -> str | None:
             return None
     except (OSError, ValueError):  # a folder, an unreadable file, not JSON or not UTF-8
         pass
-    return describe(path)
+    return describe_path(path)
 
 
 def _prepared_meta(path: Path) -> bool:

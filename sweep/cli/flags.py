@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from sweep.pruning import GUARD_RULES, PRUNERS
-from sweep.runs import DEFAULT_RUNS_DIR, Runs
+from sweep.runs import DEFAULT_RUNS_DIR
 from sweep.samplers import SAMPLERS
 from train_core import SHAPES, InputError, sweep_shapes
 

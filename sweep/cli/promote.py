@@ -31,7 +31,7 @@ def run(args, console) -> int:
     from sweep.recipe import load_recipe
     from sweep.runs import sweep_study
     from sweep.storage import open_study
-    from train_core.targets import check_run_folder
+    from train_core import check_run_folder
 
     recipe = load_recipe(args.study)
     storage, study = open_study(args.storage, args.study_name or sweep_study(recipe.name, args.steps))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # the CLI reads GUARD_RULES for its flags without importing torch
-    from train_core.trainer import StepMetrics
+    from train_core import StepMetrics
 
 GUARD_RULES = ("all", "nonfinite")
 RECOVERY_STEPS = 20  # llm.c's spikes come back within a few steps; the default study's worst took about ten

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from train_core.errors import InputError
+from train_core import InputError
 
 if TYPE_CHECKING:  # the CLI lists PRUNERS in --help, which must not wait for Optuna to import
     import optuna

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from train_core.errors import InputError
+from train_core import InputError
 
 if TYPE_CHECKING:  # the CLI lists SAMPLERS in --help, which must not wait for Optuna to import
     import optuna

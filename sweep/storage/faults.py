@@ -5,7 +5,7 @@ import sqlite3
 import optuna
 
 from sweep.storage.kinds import mask
-from train_core.errors import FaultError
+from train_core import FaultError
 
 
 def causes(error: BaseException) -> list[BaseException]:

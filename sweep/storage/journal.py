@@ -23,7 +23,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalRedisBackend
 
 from sweep.targets import check_journal
-from train_core.errors import FaultError, InputError
+from train_core import FaultError, InputError
 
 TAIL_BYTES = 1 << 16  # how much of the file's end the check before each append reads
 

@@ -12,7 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from train_core.errors import InputError
+from train_core import (
+
+    InputError,
+
+)
 
 # The password runs to the URL's last '@': a raw '@' inside it (unencoded) must not leave its tail in the clear.
 _PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S*@", re.IGNORECASE)

@@ -12,7 +12,7 @@ from sweep.storage.journal import CheckedJournalBackend, CheckedRedisBackend, re
 from sweep.storage.kinds import StorageKind, kind_of, mask, scheme
 from sweep.storage.retrying import RETRY_DELAYS_S, RetryingStorage, redis_retry
 from sweep.targets import check_storage_file
-from train_core.errors import FaultError, InputError
+from train_core import FaultError, InputError
 
 CONNECT_TIMEOUT_S = 10  # how long a storage server may take to answer (a connection; on Redis, any command)
 
