@@ -1,12 +1,22 @@
-"""The gradient noise scale: the estimator against a problem whose answer is known."""
+"""The gradient noise scale: the estimator against a problem whose answer is known, and the trainer measuring it
+without changing a loss, from the right gradients, across a resume and across processes."""
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from train_core.checkpoint import CheckpointManager
+from train_core.data import TokenData
+from train_core.errors import InputError
 from train_core.noise import NoiseScale, unbiased_estimates
+from train_core.trainer import NOISE_SCALE_KEY, build_model, setup_run, train, train_step
+
+CPU = torch.device("cpu")
 
 
 # --- the estimator ----------------------------------------------------------------------------------------------
@@ -108,3 +118,117 @@ def test_the_averages_resume_from_their_state_exactly():
         resumed.update(small_sq_norm=small_sq_norm, big_sq_norm=big_sq_norm)
     assert (resumed.grad_sq, resumed.trace_sigma, resumed.b_simple) == (whole.grad_sq, whole.trace_sigma,
                                                                          whole.b_simple)  # bitwise
+
+
+# --- in the trainer ---------------------------------------------------------------------------------------------
+
+ACCUMULATED = {"batch": {"total_batch_size": 8 * 16, "micro_batch_size": 4}}  # 2 micro-steps of 4 x 16 tokens
+
+
+def test_with_gradient_accumulation_the_noise_scale_is_measured_and_no_loss_changes(make_config):
+    runs = {}
+    for mode in ("on", "off"):
+        seen = []
+        result = train(make_config(noise_scale=mode, schedule={"max_steps": 12}, **ACCUMULATED), callback=seen.append)
+        runs[mode] = (result, seen)
+    (on, on_steps), (off, off_steps) = runs["on"], runs["off"]
+    assert on.losses == off.losses  # bitwise
+    assert [m.grad_norm for m in on_steps] == [m.grad_norm for m in off_steps]
+    assert on.final_val_loss == off.final_val_loss
+    assert all(m.noise_scale_tokens is None for m in off_steps) and off.noise_scale_tokens is None
+    measured = [m.noise_scale_tokens for m in on_steps[4:]]
+    assert all(b is not None and math.isfinite(b) and b > 0 for b in measured), measured
+    assert on.noise_scale_tokens == measured[-1]
+
+
+def test_with_one_micro_step_the_noise_scale_is_measured_only_when_split(make_config):
+    one = {"batch": {"total_batch_size": 4 * 16, "micro_batch_size": 4}, "schedule": {"max_steps": 12}}
+    plain, split = [], []
+    default = train(make_config(**one), callback=plain.append)
+    halves = train(make_config(noise_scale="split", **one), callback=split.append)
+    assert all(m.noise_scale_tokens is None for m in plain)  # no second batch size to compare with
+    assert split[-1].noise_scale_tokens is not None and split[-1].noise_scale_tokens > 0
+    # The same sequences and the same mean loss, summed in two halves: equal up to rounding.
+    assert halves.losses == pytest.approx(default.losses, rel=1e-5)
+
+
+@pytest.mark.parametrize("mode, batch, small_tokens", [
+    ("on", {"total_batch_size": 8 * 16, "micro_batch_size": 4}, 4 * 16),  # the first of two micro-batches
+    ("split", {"total_batch_size": 4 * 16, "micro_batch_size": 4}, 2 * 16),  # the first half of the only one
+])
+def test_the_trainer_reads_the_first_passs_own_gradient(make_config, mode, batch, small_tokens):
+    """One step's estimates are those computed from a separate forward/backward of the first pass's sequences."""
+    config = make_config(noise_scale=mode, batch=batch)
+    run = setup_run(config, checkpoints=None, rank=0, world_size=1)
+    taken = train_step(run, 0)
+
+    data = TokenData.open(config.data.train, vocab_size=config.model.vocab_size)
+    x, y = data.get_batch(seed=config.seed, step=0, micro_step=0, rank=0, batch_size=4, block_size=16)
+    model, _ = build_model(config, CPU)
+    model(x[: small_tokens // 16], y[: small_tokens // 16]).backward()
+    small_sq_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item() ** 2
+    expected = unbiased_estimates(small_sq_norm=small_sq_norm, small_batch=small_tokens,
+                                  big_sq_norm=taken.grad_norm**2, big_batch=config.batch.total_batch_size)
+    assert (run.noise_scale.small_batch, run.noise_scale.big_batch) == (small_tokens, config.batch.total_batch_size)
+    assert (run.noise_scale.grad_sq, run.noise_scale.trace_sigma) == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_resumed_run_continues_the_uninterrupted_runs_noise_scale(make_config, tmp_path):
+    config = make_config(schedule={"max_steps": 10}, checkpoint={"interval": 4}, **ACCUMULATED)
+    whole = []
+    train(config, callback=lambda m: whole.append(m.noise_scale_tokens))
+    first, resumed = [], []
+    train(config, out_dir=tmp_path / "run", callback=lambda m: first.append(m.noise_scale_tokens) or m.step == 3)
+    assert NOISE_SCALE_KEY in CheckpointManager(tmp_path / "run").load_latest()
+    train(config, out_dir=tmp_path / "run", callback=lambda m: resumed.append(m.noise_scale_tokens))
+    assert whole[-1] is not None
+    assert first + resumed == whole  # bitwise, step for step
+
+
+def test_split_needs_an_even_micro_batch_and_the_mode_must_be_known(make_config):
+    with pytest.raises(InputError, match=r"batch.micro_batch_size must be even when noise_scale is 'split'.*got 3"):
+        make_config(noise_scale="split", batch={"total_batch_size": 3 * 16, "micro_batch_size": 3})
+    with pytest.raises(InputError, match="noise_scale must be one of 'on', 'split', 'off', got 'yes'"):
+        make_config(noise_scale="yes")
+
+
+# --- across processes -------------------------------------------------------------------------------------------
+
+TRAIN_ONE_STEP = """
+import json, sys
+from pathlib import Path
+from train_core.config import TrainConfig
+from train_core.trainer import train
+train(TrainConfig.from_dict(json.loads(Path(sys.argv[1]).read_text())), out_dir=Path(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_process_reads_its_own_first_micro_batch(make_config, tmp_path):
+    """Two gloo processes, each 2 micro-batches of a 4-micro-batch step: the small batch is a process's own first
+    micro-batch (global micro-batches 0 and 2), read before DDP averages the gradients, its |G_B|² averaged over the
+    processes."""
+    config = make_config(schedule={"max_steps": 1, "warmup_steps": 0}, checkpoint={"interval": 1},
+                         batch={"total_batch_size": 16 * 16, "micro_batch_size": 4})
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    (tmp_path / "train_one_step.py").write_text(TRAIN_ONE_STEP)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(tmp_path / "train_one_step.py"), str(tmp_path / "config.json"), str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    saved = NoiseScale(small_batch=64, big_batch=256)
+    saved.load_state_dict(CheckpointManager(tmp_path / "run").load_latest()[NOISE_SCALE_KEY])
+
+    data = TokenData.open(config.data.train, vocab_size=config.model.vocab_size)
+    model, _ = build_model(config, CPU)
+    micro_grads = []  # each micro-batch's own mean gradient, from the initial weights
+    for micro_step in range(4):  # process 0's pair, then process 1's
+        x, y = data.get_batch(seed=config.seed, step=0, micro_step=micro_step, rank=0, batch_size=4, block_size=16)
+        model.zero_grad(set_to_none=True)
+        model(x, y).backward()
+        micro_grads.append([p.grad.clone() for p in model.parameters()])
+    step_grad = [sum(grads) / 4 for grads in zip(*micro_grads)]
+    first_sq_norms = [torch.nn.utils.get_total_norm(micro_grads[i]).item() ** 2 for i in (0, 2)]
+    expected = unbiased_estimates(small_sq_norm=sum(first_sq_norms) / 2, small_batch=64,
+                                  big_sq_norm=torch.nn.utils.get_total_norm(step_grad).item() ** 2, big_batch=256)
+    assert (saved.grad_sq, saved.trace_sigma) == pytest.approx(expected, rel=1e-3)
