@@ -398,9 +398,7 @@ def train_step(run: Run, step: int) -> StepTaken:
             run.batches.prefetch_after(step=step, micro_step=micro_step)  # CUDA: while the GPU runs this forward
         loss.backward()
         if index == 0 and run.noise_scale is not None:
-            # |first pass's mean gradient / passes|², read in one fused pass; a tensor, so nothing waits for the GPU.
-            first_pass_sq_norm = torch.nn.utils.get_total_norm(
-                [p.grad for p in run.raw_model.parameters() if p.grad is not None]).square()
+            first_pass_sq_norm = squared_grad_norm(run.raw_model)  # |first pass's mean gradient / passes|²
         loss_sum += loss.detach()
     if run.world_size > 1:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
@@ -420,6 +418,12 @@ def train_step(run: Run, step: int) -> StepTaken:
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return StepTaken(step=step, lr=lr, loss=loss_value, grad_norm=grad_norm, seconds=time.perf_counter() - started)
+
+
+def squared_grad_norm(model: torch.nn.Module) -> torch.Tensor:
+    """|gradient|² over all of model's parameters in one fused pass (torch's foreach norms); a tensor, so that
+    nothing waits for the GPU here."""
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).square()
 
 
 def evaluate(run: Run) -> float:
