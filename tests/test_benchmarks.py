@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep_fixtures import study_values, write_study, write_token_files
+from sweep_fixtures import merge, study_values, write_study, write_token_files
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -52,3 +52,17 @@ def test_storage_reads_times_the_study_check_and_a_redis_open_against_their_base
     out = capsys.readouterr().out
     assert "replaying the file (before)" in out and "the sweep's own storage" in out, out
     assert "Optuna's JournalRedisBackend" in out or "redis: skipped" in out, out
+
+
+@pytest.mark.slow
+def test_noise_scale_compares_each_recipe_with_its_baseline_and_times_the_read(tmp_path, capsys):
+    values = merge(study_values(write_token_files(tmp_path / "tokens")), {"dtype": "float32"})
+    study = write_study(tmp_path / "tiny.yaml", values)  # one micro-step of 8 sequences: split halves it, or 2 x 4
+    assert _load("noise_scale").main(["--steps", "1", "--study", str(study)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()]
+    table = [(" ".join(row[:3]), " ".join(row[4:7]))  # (recipe, baseline) of each row of the final table
+             for row in rows if len(row) == 9 and row[1] in ("micro-step,", "micro-steps,")]
+    assert table == [("1 micro-step, split", "1 micro-step, off"), ("2 micro-steps, off", "1 micro-step, off"),
+                     ("2 micro-steps, on", "2 micro-steps, off")], out
+    assert "the read alone" in out, out

@@ -16,6 +16,7 @@ from train_core.schedule import SHAPES, get_lr
 
 Dtype = Literal["auto", "float32", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
+NoiseScaleMode = Literal["on", "split", "off"]
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -158,6 +159,10 @@ class TrainConfig:
     device: Device = "auto"  # auto: cuda > mps > cpu
     compile: bool = False  # torch.compile the model
     peak_flops: float | None = None  # FLOP/s the MFU is measured against; None: measured once on this machine
+    # The gradient noise scale B_simple (train_core/noise.py), from the first forward/backward pass of each step and
+    # the whole step. "on": where a step has 2 or more passes per process (gradient accumulation), losses unchanged;
+    # "split": also where it has one, by running that micro-batch as two halves (the same loss, rounded differently).
+    noise_scale: NoiseScaleMode = "on"
 
     def __post_init__(self):
         m = self.model
@@ -174,6 +179,9 @@ class TrainConfig:
             _check(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
         if self.peak_flops is not None:
             _check(self.peak_flops > 0, "peak_flops", self.peak_flops, "> 0 FLOP/s, or null to measure")
+        if self.noise_scale == "split":
+            _check(self.batch.micro_batch_size % 2 == 0, "batch.micro_batch_size", self.batch.micro_batch_size,
+                   "even when noise_scale is 'split' (a micro-batch may run as two equal halves)")
         self.grad_accum_steps(world_size=1)
 
     def grad_accum_steps(self, *, world_size: int) -> int:

@@ -31,6 +31,7 @@ from train_core.data import TokenData, TrainBatches, ensure_corpus, to_device
 from train_core.errors import InputError
 from train_core.memory import check_fits
 from train_core.model import GPT, GPTConfig
+from train_core.noise import NoiseScale
 from train_core.peak import MachinePeak
 
 # Sections of the config that change the numbers a run produces; a checkpoint only resumes a run that agrees on them.
@@ -38,6 +39,7 @@ RESUME_SECTIONS = ("model", "data", "batch", "schedule", "optimizer", "seed")
 
 
 CALLBACK_KEY = "callback"  # a checkpoint's entry for train()'s callback_state
+NOISE_SCALE_KEY = "noise_scale"  # a checkpoint's entry for the noise scale's moving averages
 
 
 class Stateful(Protocol):
@@ -61,6 +63,7 @@ class StepMetrics:
     ms_per_step: float
     mfu: float  # achieved / peak FLOP/s
     val_loss: float | None = None  # set on steps where an evaluation ran
+    noise_scale_tokens: float | None = None  # B_simple so far (train_core/noise.py); None where not (yet) measured
 
 
 @dataclass
@@ -77,6 +80,7 @@ class TrainResult:
     flops_per_token: int
     num_params: int
     losses: list[float] = field(default_factory=list)  # train loss per step run by this call
+    noise_scale_tokens: float | None = None  # B_simple at the last step; None where not (yet) measured
 
 
 def resolve_device(name: str) -> torch.device:
@@ -252,6 +256,7 @@ class Run:
     flops_per_token: int
     start_step: int  # the step a resumed run continues from; 0 for a fresh one
     best_val_loss: float | None
+    noise_scale: NoiseScale | None  # B_simple's moving averages, where this run measures it (noise_scale_for)
     callback_state: Stateful | None = None  # see train(); saved with every checkpoint
 
     @property
@@ -261,6 +266,11 @@ class Run:
     @property
     def grad_accum(self) -> int:
         return self.config.grad_accum_steps(world_size=self.world_size)
+
+    @property
+    def pieces(self) -> int:
+        """Forward/backward passes per micro-batch: 2 where noise_scale "split" halves a lone micro-batch, else 1."""
+        return forward_passes(self.config, world_size=self.world_size) // self.grad_accum
 
     @property
     def tokens_per_step(self) -> int:
@@ -301,6 +311,7 @@ def setup_run(
 
     raw_model, model = build_model(config, device)
     optimizer = make_optimizer(raw_model, config, device)
+    noise_scale = noise_scale_for(config, world_size=world_size)
     start_step, best_val_loss = 0, None
     state = checkpoints.load_latest(map_location=device) if checkpoints else None
     if state is not None:
@@ -309,6 +320,9 @@ def setup_run(
         start_step, best_val_loss = state["step"], state["best_val_loss"]
         if callback_state is not None and CALLBACK_KEY in state:
             callback_state.load_state_dict(state[CALLBACK_KEY])
+        # A checkpoint of a run that did not measure it has none: the averages then start from this step.
+        if noise_scale is not None and NOISE_SCALE_KEY in state:
+            noise_scale.load_state_dict(state[NOISE_SCALE_KEY])
 
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -325,8 +339,30 @@ def setup_run(
         ),
         batches=batches, val_data=val_data, checkpoints=checkpoints, peak=peak,
         flops_per_token=raw_model.flops_per_token(), start_step=start_step, best_val_loss=best_val_loss,
-        callback_state=callback_state,
+        noise_scale=noise_scale, callback_state=callback_state,
     )
+
+
+def forward_passes(config: TrainConfig, *, world_size: int) -> int:
+    """Forward/backward passes per optimizer step on each process: grad_accum, or 2 where noise_scale "split" runs a
+    lone micro-batch as its two halves."""
+    grad_accum = config.grad_accum_steps(world_size=world_size)
+    return 2 if config.noise_scale == "split" and grad_accum == 1 else grad_accum
+
+
+def noise_scale_for(config: TrainConfig, *, world_size: int) -> NoiseScale | None:
+    """The noise scale's moving averages where `config` measures it, else None.
+
+    Its small batch is a process's first forward/backward pass, read before the next pass adds to the gradient and
+    before DDP averages it (every pass but the last runs without sync); its big batch is the whole step. A step of one
+    pass per process has no small batch to read (the lone pass's gradient is averaged across processes inside its
+    backward): there it is measured only with noise_scale "split".
+    """
+    passes = forward_passes(config, world_size=world_size)
+    if config.noise_scale == "off" or passes == 1:
+        return None
+    tokens = config.batch.total_batch_size
+    return NoiseScale(small_batch=tokens // (passes * world_size), big_batch=tokens)
 
 
 def restore(state: dict, *, model: GPT, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -339,33 +375,55 @@ def restore(state: dict, *, model: GPT, optimizer: torch.optim.Optimizer, device
 
 
 def train_step(run: Run, step: int) -> StepTaken:
-    """One optimizer step at the schedule's LR: grad_accum micro-batches, clipping; a non-finite step is not applied."""
+    """One optimizer step at the schedule's LR: grad_accum micro-batches, clipping; a non-finite step is not applied.
+    Where the noise scale is measured, the first pass's gradient norm is read on the way: no gradient changes."""
     started = time.perf_counter()
-    config, grad_accum = run.config, run.grad_accum
+    config, grad_accum, pieces = run.config, run.grad_accum, run.pieces
+    passes = grad_accum * pieces
     lr = config.schedule.lr(step)
     for group in run.optimizer.param_groups:
         group["lr"] = lr * group["lr_multiplier"]  # --- μP --- hidden matrices train at lr/m; 1 elsewhere
     loss_sum = torch.zeros((), device=run.device)
-    for micro_step in range(grad_accum):
-        x, y = run.batches.get(step=step, micro_step=micro_step)
-        # Under DDP, average gradients across processes only on the last micro-step.
-        sync = run.world_size == 1 or micro_step == grad_accum - 1
+    first_pass_sq_norm = None
+    for index in range(passes):
+        micro_step, piece = divmod(index, pieces)
+        if piece == 0:
+            micro_batch = run.batches.get(step=step, micro_step=micro_step)
+        x, y = (t.chunk(pieces)[piece] for t in micro_batch)  # the whole micro-batch unless split
+        # Under DDP, average gradients across processes only on the last pass.
+        sync = run.world_size == 1 or index == passes - 1
         with (contextlib.nullcontext() if sync else run.model.no_sync()), run.autocast():
-            loss = run.model(x, y) / grad_accum
-        run.batches.prefetch_after(step=step, micro_step=micro_step)  # CUDA: while the GPU runs this forward
+            loss = run.model(x, y) / passes
+        if piece == pieces - 1:
+            run.batches.prefetch_after(step=step, micro_step=micro_step)  # CUDA: while the GPU runs this forward
         loss.backward()
+        if index == 0 and run.noise_scale is not None:
+            first_pass_sq_norm = squared_grad_norm(run.raw_model)  # |first pass's mean gradient / passes|²
         loss_sum += loss.detach()
     if run.world_size > 1:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        if first_pass_sq_norm is not None:  # each process's own first pass: their mean is as unbiased, less noisy
+            dist.all_reduce(first_pass_sq_norm, op=dist.ReduceOp.AVG)
     max_norm = config.optimizer.grad_clip if config.optimizer.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), max_norm).item()
     loss_value = loss_sum.item()
-    if math.isfinite(loss_value) and math.isfinite(grad_norm):
+    finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+    if finite:
         run.optimizer.step()  # a non-finite step is never applied
     run.optimizer.zero_grad(set_to_none=True)
+    if first_pass_sq_norm is not None and finite:
+        small_sq_norm = first_pass_sq_norm.item() * passes**2  # the first pass's own mean gradient
+        if math.isfinite(small_sq_norm):
+            run.noise_scale.update(small_sq_norm=small_sq_norm, big_sq_norm=grad_norm**2)
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return StepTaken(step=step, lr=lr, loss=loss_value, grad_norm=grad_norm, seconds=time.perf_counter() - started)
+
+
+def squared_grad_norm(model: torch.nn.Module) -> torch.Tensor:
+    """|gradient|² over all of model's parameters in one fused pass (torch's foreach norms); a tensor, so that
+    nothing waits for the GPU here."""
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).square()
 
 
 def evaluate(run: Run) -> float:
@@ -397,6 +455,7 @@ def step_metrics(run: Run, taken: StepTaken, *, val_loss: float | None) -> StepM
         ms_per_step=taken.seconds * 1000,
         mfu=run.peak.mfu(run.flops_per_token * tokens / taken.seconds / run.world_size),
         val_loss=val_loss,
+        noise_scale_tokens=run.noise_scale.b_simple if run.noise_scale is not None else None,
     )
 
 
@@ -412,7 +471,8 @@ def snapshot(run: Run, *, steps_done: int) -> dict:
         "step": steps_done,
         "best_val_loss": run.best_val_loss,
         "rng": rng,
-    } | ({CALLBACK_KEY: run.callback_state.state_dict()} if run.callback_state is not None else {})
+    } | ({CALLBACK_KEY: run.callback_state.state_dict()} if run.callback_state is not None else {}) | (
+        {NOISE_SCALE_KEY: run.noise_scale.state_dict()} if run.noise_scale is not None else {})
 
 
 def save_checkpoints(run: Run, *, steps_done: int, new_best: bool) -> None:
@@ -444,6 +504,7 @@ def run_result(run: Run, steps: list[StepTaken], *, status: str, steps_done: int
         flops_per_token=run.flops_per_token,
         num_params=run.raw_model.num_params(),
         losses=[s.loss for s in steps],
+        noise_scale_tokens=run.noise_scale.b_simple if run.noise_scale is not None else None,
     )
 
 
