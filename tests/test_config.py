@@ -66,17 +66,6 @@ def test_unknown_schedule_shape_is_refused_naming_the_registered_ones(make_confi
         make_config(schedule={"shape": "linear"})
 
 
-def test_unknown_schedule_shape_exits_2_with_one_line(data, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    values = study_values(data)
-    values["schedule"]["shape"] = "linear"
-    study = write_study(tmp_path / "bad.yaml", values)
-    assert main(["train", "--study", str(study), "--max-steps", "2"]) == 2
-    err = capsys.readouterr().err
-    assert "schedule.shape must be one of" in err and "got 'linear'" in err
-    assert err.count("\n") == 1 and "Traceback" not in err
-
-
 def test_stable_end_is_the_shapes_branch_point():
     """wsd: where its cool-down starts, 100 - 0.2 x 100; the other shapes have no step longer runs share."""
     wsd = ScheduleConfig(shape="wsd", warmup_steps=10, max_steps=100, cooldown_fraction=0.2)
@@ -102,13 +91,18 @@ def test_keep_last_below_one_is_refused(make_config):
         make_config(checkpoint={"keep_last": 0})
 
 
-def test_unknown_loss_path_exits_2_with_one_line_naming_the_allowed_ones(data, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("section, key, bad, said", [
+    ("model", "loss", "fused", "model.loss must be one of 'auto', 'chunked', 'full', got 'fused'"),
+    ("schedule", "shape", "linear", "schedule.shape must be one of 'cosine', 'constant', 'wsd', 'exponential', got 'linear'"),
+])
+def test_unknown_loss_path_exits_2_with_one_line_naming_the_allowed_ones(section, key, bad, said, data, tmp_path,
+                                                                         monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     values = study_values(data)
-    values["model"]["loss"] = "fused"
+    values[section][key] = bad
     study = write_study(tmp_path / "bad.yaml", values)
     assert main(["train", "--study", str(study), "--max-steps", "2"]) == 2
     err = capsys.readouterr().err
-    assert "model.loss must be one of 'auto', 'chunked', 'full', got 'fused'" in err
+    assert said in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing half-written

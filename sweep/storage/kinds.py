@@ -5,7 +5,7 @@
     postgresql://user:pw@host/db       many machines (also mysql://)
     redis://host:6379/0                Optuna's journal on Redis
 
-Light on purpose (no Optuna): the CLI and the runs folder read it before a command imports anything heavy.
+Plain values: the runs folder and the command line read it.
 """
 
 import re
