@@ -31,8 +31,7 @@ import rich.console
 import rich.table
 import yaml
 
-from train_core import write_llmc_shard
-from train_core import VOCAB_SIZE
+from train_core import VOCAB_SIZE, write_llmc_shard
 
 ROOT = Path(__file__).resolve().parent.parent
 OPEN_SCRIPT = """

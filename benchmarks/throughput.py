@@ -34,11 +34,10 @@ import rich.table
 import torch
 import torch.nn.functional as F
 
-from train_core import TrainConfig
-from train_core import TokenData, to_device, write_nanogpt_bin
-from train_core import GPT
-from train_core import VOCAB_SIZE
-from train_core import device_label, make_optimizer, resolve_device, resolve_dtype, train
+from train_core import (
+    GPT, VOCAB_SIZE, TokenData, TrainConfig, device_label, make_optimizer, resolve_device, resolve_dtype, to_device,
+    train, write_nanogpt_bin,
+)
 
 WARMUP_STEPS = 3  # untimed: first-touch allocations, oneDNN kernel selection, torch.compile and autotuning
 SHAPES = {  # batch: sequences per step, one micro-step each

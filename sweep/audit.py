@@ -27,8 +27,7 @@ from rich.table import Table
 
 from sweep.pruning import PRUNE_FROM, PRUNED, PRUNERS, StabilityGuard, judge_step, make_pruner, pruning_start, recovery_window
 from sweep.record import StudyAttr, TrialAttr, is_anchor, search_space, swept_recipe
-from train_core import InputError
-from train_core import StepMetrics
+from train_core import InputError, StepMetrics
 
 SEED_NOISE = 0.05  # val loss spread between seeds of the default study at 300 steps (README, "The sweep")
 GUARDS = ("one-step", "windowed")  # the guard before issue 15 (stops on the first bad step) and the current one

@@ -16,8 +16,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from sweep.record import TrialAttr
-from train_core import CheckpointManager
-from train_core import TrainConfig
+from train_core import CheckpointManager, TrainConfig
 
 
 class BranchStore:

@@ -18,9 +18,7 @@ from rich.table import Table
 
 from sweep.plots import save_figure
 from sweep.width import at_width
-from train_core import TrainConfig
-from train_core import GPT
-from train_core import train
+from train_core import GPT, TrainConfig, train
 
 PARAMETRIZATIONS = ("sp", "mup")
 FLAT = 2.0  # an activation whose scale changes by less than this factor from the narrowest to the widest is flat

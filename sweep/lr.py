@@ -45,8 +45,7 @@ from sweep.workers import (
     was_reaped,
     worker_gpus,
 )
-from train_core import FaultError, InputError
-from train_core import exclusive
+from train_core import FaultError, InputError, exclusive
 
 SQLITE_ADVICE = ("SQLite takes one sweep at a time: wait for it, or use a journal file (--storage runs/sweep.log), "
                  "postgresql://... or redis://... for several processes")

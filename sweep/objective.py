@@ -21,10 +21,9 @@ from sweep.record import RUN_ATTRS, TrialAttr
 from sweep.storage import StorageFault
 from sweep.view import SweepView
 from sweep.workers import STORAGE_FAULT, Heartbeat, Interrupts, Liveness, enqueue_retry, resume_root, retries, trial_id
-from train_core import TrainConfig
-from train_core import this_process
-from train_core import clear_run_folder
-from train_core import StepMetrics, TrainResult, device_label, resolve_device, train
+from train_core import (
+    StepMetrics, TrainConfig, TrainResult, clear_run_folder, device_label, resolve_device, this_process, train,
+)
 
 CURVE_COLUMNS = ("step", "loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "val_loss")
 

@@ -38,12 +38,10 @@ from sweep.record import (
 from sweep.promoted import MetricsLog, finish_promoted_trial, run_status, start_promoted_trial, write_study_note
 from sweep.report import fmt_loss
 from sweep.runs import Runs
-from train_core import CheckpointManager
-from train_core import ScheduleConfig, TrainConfig
-from train_core import InputError
-from train_core import hold_run_folder
-from train_core import GPT
-from train_core import StepMetrics, check_resumable, check_same_parametrization, train
+from train_core import (
+    SHAPES, GPT, CheckpointManager, InputError, ScheduleConfig, StepMetrics, TrainConfig, check_resumable,
+    check_same_parametrization, hold_run_folder, train,
+)
 
 @dataclass(frozen=True, kw_only=True)
 class PromotePlan:
@@ -101,9 +99,7 @@ def fastest_speed(study: optuna.Study) -> tuple[float | None, str]:
 
 def _decay(s: ScheduleConfig) -> str:
     floor = f"{s.max_lr * s.min_lr_ratio:.3g} at step {s.decay_horizon}"
-    if s.shape == "wsd":
-        return f"flat to step {s.stable_end}, then linear to {floor}"
-    return "then flat" if s.shape == "constant" else f"cosine to {floor}"
+    return SHAPES[s.shape].plan.format(floor=floor, stable_end=s.stable_end)
 
 
 def pick_trial(study: optuna.Study, which: str) -> FrozenTrial:

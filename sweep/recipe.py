@@ -22,8 +22,7 @@ from typing import Any
 import yaml
 
 from sweep.width import at_width
-from train_core import TrainConfig
-from train_core import InputError
+from train_core import InputError, TrainConfig
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"  # the shipped recipes
 SEARCH_KEYS = ("anchor_lr", "anchor_source", "lr_min", "lr_max", "warmup", "anchor_warmup", "trials")

@@ -14,12 +14,9 @@ import optuna
 import torch
 
 from sweep.record import promote_runs
-from train_core import CheckpointManager
-from train_core import TrainConfig
-from train_core import InputError
-from train_core import GPT
-from train_core import EOT_TOKEN, gpt2_encoding
-from train_core import resolve_device, resolve_dtype
+from train_core import (
+    EOT_TOKEN, GPT, CheckpointManager, InputError, TrainConfig, gpt2_encoding, resolve_device, resolve_dtype,
+)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -35,8 +35,7 @@ from sweep.plots import draw_range_plot, save_figure
 from sweep.recipe import Recipe, run_config
 from sweep.record import ConfirmAttr, HorizonAttr, RangeAttr, check_version, is_anchor, write_version
 from sweep.runs import confirm_study, horizon_study, range_study
-from train_core import InputError
-from train_core import StepMetrics, train
+from train_core import InputError, StepMetrics, train
 
 
 def run_range_test(

@@ -17,6 +17,9 @@ class Shape:
 
     name: str
     description: str  # one line for --help and plans: what the lr does after the warmup
+    # How a run's plan says it, after the warmup: {floor} (the floor LR and the step it is reached at) and
+    # {stable_end} (the branch point) filled in.
+    plan: str = "then {floor}"
     lr: Callable[..., float]  # the lr at a step past the warmup (at every step when warmup is False)
     warmup: bool = True  # False: no warmup; lr covers every step and warmup_steps is ignored
     sweepable: bool = True  # False: not a sweep's choice (a tool's ramp, say)
@@ -67,19 +70,22 @@ SHAPES: dict[str, Shape] = {
             name="cosine",
             description="cosine decay to the floor (max_lr x min_lr_ratio) at the decay horizon, the floor after it",
             lr=_cosine,
+            plan="cosine to {floor}",
         ),
-        Shape(name="constant", description="flat at max_lr, past the decay horizon too", lr=_constant),
+        Shape(name="constant", description="flat at max_lr, past the decay horizon too", lr=_constant, plan="then flat"),
         Shape(
             name="wsd",
             description="warmup-stable-decay: flat at max_lr, then a linear cool-down to the floor over the last "
             "cooldown_fraction of the decay horizon; a longer run branches from a shorter one's cool-down start",
             lr=_wsd,
+            plan="flat to step {stable_end}, then linear to {floor}",
             branch_point=cooldown_start,
         ),
         Shape(
             name="exponential",
             description="the LR range test's ramp: no warmup, geometric from the floor up to max_lr at the last step",
             lr=_exponential,
+            plan="geometric up to max_lr from {floor}",
             warmup=False,
             sweepable=False,
         ),
