@@ -1,16 +1,13 @@
-"""`sweep audit`: every pruner and the stability guard replayed over a study whose trials all ran to the end."""
+"""Replay every pruner and the stability guard over a study run with --pruner none --guard nonfinite: what each would
+have saved, and whether it would have stopped the best trial."""
 
 from sweep.cli.flags import add_place_flags, fractions, positive_float, positive_int
 
 HELP = "replay every pruner over a study run with --pruner none --guard nonfinite"
-DESCRIPTION = (
-    "Replay every pruner and the stability guard over a study run with --pruner none --guard nonfinite: what each "
-    "would have saved, and whether it would have stopped the best trial."
-)
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("audit", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("audit", help=HELP, description=__doc__)
     parser.add_argument("--study-name", required=True, help="the audited study")
     add_place_flags(parser)
     parser.add_argument("--orders", type=positive_int, default=20, help="random trial orders replayed (default 20)")

@@ -1,16 +1,13 @@
-"""`sweep confirm`: the best settings re-run with more seeds, and the noise band they make."""
+"""Re-run the best settings of a sweep, and its anchor, with more seeds (paired: the same seeds for every setting) and
+say which differences stand out of the seed noise."""
 
 from sweep.cli.flags import add_study_flag, add_study_name_flags, positive_int
 
 HELP = "re-run the best settings with more seeds: the noise band"
-DESCRIPTION = (
-    "Re-run the best settings of a sweep, and its anchor, with more seeds (paired: the same seeds for every setting) "
-    "and say which differences stand out of the seed noise."
-)
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("confirm", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("confirm", help=HELP, description=__doc__)
     add_study_flag(parser)
     add_study_name_flags(parser)
     parser.add_argument("--top", type=positive_int, default=3,

@@ -1,18 +1,14 @@
-"""--- μP --- `sweep coord-check`: activation scales against width over the first steps, under SP and μP."""
+"""μP's coordinate check: mean |activation| per block vs width over the first steps, under SP and μP (flat under μP)."""
 
 from pathlib import Path
 
 from sweep.cli.flags import add_runs_dir_flag, add_study_flag, positive_int, width_list
 
 HELP = "μP's coordinate check: activation scales vs width under SP and μP"
-DESCRIPTION = (
-    "μP's coordinate check: mean |activation| per block vs width over the first steps, under SP and μP (flat under "
-    "μP)."
-)
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("coord-check", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("coord-check", help=HELP, description=__doc__)
     add_study_flag(parser)
     parser.add_argument("--widths", type=width_list, default=[64, 128, 256, 512],
                         help="widths to train (default 64,128,256,512)")

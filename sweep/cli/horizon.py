@@ -1,16 +1,13 @@
-"""`sweep horizon`: the same LR grid at several horizons, the best LR extrapolated to the full run."""
+"""Sweep the same LR grid at several trial lengths, find the best LR at each, fit best lr ∝ tokens^b and extrapolate it
+to the full run (stored in <recipe>-horizon for `promote --lr-from horizon`)."""
 
 from sweep.cli.flags import add_sweep_flags, positive_int, run_sweep_in_view, steps_list, sweep_settings
 
 HELP = "sweep at several horizons and extrapolate the best LR to max_steps"
-DESCRIPTION = (
-    "Sweep the same LR grid at several trial lengths, find the best LR at each, fit best lr ∝ tokens^b and "
-    "extrapolate it to the full run (stored in <recipe>-horizon for `promote --lr-from horizon`)."
-)
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("horizon", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("horizon", help=HELP, description=__doc__)
     parser.add_argument("--steps", type=steps_list, required=True, help="trial lengths, e.g. 100,300,1000")
     parser.add_argument("--max-steps", type=positive_int,
                         help="extrapolate to this run length (default: the recipe's max_steps)")

@@ -1,16 +1,13 @@
-"""`sweep lr`: sweep the peak LR and warmup of a recipe with short trials."""
+"""Sweep the peak LR and warmup of a recipe with short trials (an Optuna study), pruning unstable and losing trials;
+the same command continues the study until it holds --trials finished trials."""
 
 from sweep.cli.flags import add_range_flags, add_sweep_flags, check_range_flags, positive_int, run_sweep_in_view, sweep_settings
 
 HELP = "sweep peak LR x warmup with short trials"
-DESCRIPTION = (
-    "Sweep the peak LR and warmup of a recipe with short trials (an Optuna study), pruning unstable and losing "
-    "trials; the same command continues the study until it holds --trials finished trials."
-)
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("lr", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("lr", help=HELP, description=__doc__)
     parser.add_argument("--steps", type=positive_int, default=300, help="optimizer steps per trial (default 300)")
     parser.add_argument("--lr-range", choices=("study", "auto"), default="study",
                         help="LR bounds from the study (default) or from an LR range test run first (auto; a study that "

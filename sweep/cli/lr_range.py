@@ -1,16 +1,13 @@
-"""`sweep range`: the LR range test (Smith's LR finder)."""
+"""LR range test (Smith's LR finder): one run whose LR grows geometrically from --lr-start to --lr-end, stopped once
+the loss blows up; suggests sweep bounds."""
 
 from sweep.cli.flags import add_place_flags, add_range_flags, add_study_flag, check_range_flags
 
 HELP = "LR range test: one run with an exponentially growing LR"
-DESCRIPTION = (
-    "LR range test (Smith's LR finder): one run whose LR grows geometrically from --lr-start to --lr-end, stopped "
-    "once the loss blows up; suggests sweep bounds."
-)
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("range", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("range", help=HELP, description=__doc__)
     add_study_flag(parser)
     add_range_flags(parser, prefix="--")
     add_place_flags(parser)

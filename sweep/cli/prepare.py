@@ -1,16 +1,13 @@
-"""`sweep prepare`: text files or folders tokenized into nanoGPT's train.bin / val.bin."""
+"""Tokenize text files or folders with GPT-2's BPE into nanoGPT train.bin / val.bin, splitting documents by a hash of
+their path."""
 
 from pathlib import Path
 
 HELP = "tokenize text files or folders into train.bin / val.bin"
-DESCRIPTION = (
-    "Tokenize text files or folders with GPT-2's BPE into nanoGPT train.bin / val.bin, splitting documents by a hash "
-    "of their path."
-)
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("prepare", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("prepare", help=HELP, description=__doc__)
     parser.add_argument("sources", nargs="+", type=Path, help="text files or folders")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="share of documents for validation")

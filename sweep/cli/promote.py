@@ -1,16 +1,13 @@
-"""`sweep promote`: a sweep trial's peak LR, warmup and schedule shape run to the full length, checkpointed."""
+"""Run a sweep trial's peak LR, warmup and schedule shape to the recipe's max_steps (or --max-steps), checkpointed and
+resumable, and write the result back to the study."""
 
 from sweep.cli.flags import add_study_flag, add_study_name_flags, positive_int
 
 HELP = "run a sweep trial's LR and warmup to the recipe's max_steps"
-DESCRIPTION = (
-    "Run a sweep trial's peak LR, warmup and schedule shape to the recipe's max_steps (or --max-steps), "
-    "checkpointed and resumable, and write the result back to the study."
-)
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("promote", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("promote", help=HELP, description=__doc__)
     parser.add_argument("trial", help="'best' or a trial number")
     add_study_flag(parser)
     add_study_name_flags(parser)

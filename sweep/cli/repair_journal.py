@@ -1,13 +1,12 @@
-"""`sweep repair-journal`: a journal file's torn or garbage tail cut off, a backup kept."""
+"""Cut a journal file storage's torn or garbage tail off, keeping a backup of the original."""
 
 from pathlib import Path
 
 HELP = "cut a journal file's torn or garbage tail off, keeping a backup"
-DESCRIPTION = "Cut a journal file storage's torn or garbage tail off, keeping a backup of the original."
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("repair-journal", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("repair-journal", help=HELP, description=__doc__)
     parser.add_argument("file", type=Path, help="the journal file (the --storage path)")
     parser.set_defaults(handler=run)
 

@@ -1,15 +1,14 @@
-"""`sweep sample`: text written by a trained run from its newest checkpoint."""
+"""Text written by a trained run from its newest checkpoint (the promoted best trial by default)."""
 
 from pathlib import Path
 
 from sweep.cli.flags import add_study_flag, add_study_name_flags, positive_float, positive_int
 
 HELP = "text written by a trained run (the promoted best trial by default)"
-DESCRIPTION = "Text written by a trained run from its newest checkpoint (the promoted best trial by default)."
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("sample", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("sample", help=HELP, description=__doc__)
     parser.add_argument("run", nargs="?", default="best",
                         help="a run folder, or 'best': the promoted run of the study's best trial (default)")
     add_study_flag(parser)

@@ -1,13 +1,12 @@
-"""`sweep status`: the studies in a storage, or one study's trials and promoted runs."""
+"""List the studies in a storage, or show one study's trials and promoted runs."""
 
 from sweep.cli.flags import add_place_flags
 
 HELP = "studies in a storage, or one study's trials and promoted runs"
-DESCRIPTION = "List the studies in a storage, or show one study's trials and promoted runs."
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("status", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("status", help=HELP, description=__doc__)
     add_place_flags(parser)
     parser.add_argument("--study-name", help="show this study's trials")
     parser.set_defaults(handler=run)

@@ -1,18 +1,14 @@
-"""`sweep train`: one training run of a recipe, checkpointed, resumed when its folder has one."""
+"""One training run of a recipe, with checkpoints; running it again resumes from the folder's newest good checkpoint."""
 
 from pathlib import Path
 
 from sweep.cli.flags import add_runs_dir_flag, add_study_flag, positive_float, positive_int
 
 HELP = "one training run with checkpoints; resumes from its folder"
-DESCRIPTION = (
-    "One training run of a recipe, with checkpoints; running it again resumes from the folder's newest good "
-    "checkpoint."
-)
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("train", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("train", help=HELP, description=__doc__)
     add_study_flag(parser)
     parser.add_argument("--lr", type=positive_float, help="peak LR (default: the recipe's)")
     parser.add_argument("--warmup", type=int, help="warmup steps (default: the recipe's)")

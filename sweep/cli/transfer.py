@@ -1,16 +1,13 @@
-"""--- μP --- `sweep transfer`: the same LR grid at several widths; does the best LR hold?"""
+"""μP: sweep the same LR grid at several widths, one study per width, and say whether the best LR holds across widths
+(stored in <recipe>-transfer-<parametrization>)."""
 
 from sweep.cli.flags import add_sweep_flags, positive_int, run_sweep_in_view, sweep_settings, width_list
 
 HELP = "μP: sweep the same LR grid at several widths; does the best LR hold?"
-DESCRIPTION = (
-    "μP: sweep the same LR grid at several widths, one study per width, and say whether the best LR holds across "
-    "widths (stored in <recipe>-transfer-<parametrization>)."
-)
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("transfer", help=HELP, description=DESCRIPTION)
+    parser = commands.add_parser("transfer", help=HELP, description=__doc__)
     parser.add_argument("--widths", type=width_list, required=True, help="model widths (n_embd), e.g. 64,128,256")
     parser.add_argument("--steps", type=positive_int, default=300,
                         help="optimizer steps per trial, every width (default 300)")
