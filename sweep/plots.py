@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweep.targets import check_plot
+from train_core import atomic_write
 
 BASIN_SPAN = 1.0  # nats above the best val loss the loss-vs-LR plot shows; a 2x LR change moves val loss ~0.1
 
@@ -122,7 +123,7 @@ def save_figure(fig, path: Path, *, dpi: int = 120) -> Path:
 
     check_plot(path, name=f"plot {path}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    # Atomically: a worker killed mid-write, or two workers plotting one study, never leave a torn PNG behind.
+    atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
     plt.close(fig)
     return path

@@ -162,9 +162,10 @@ def check_branch_store(folder: Path) -> None:
 
 
 def check_plot(path: Path, *, name: str) -> None:
-    """Refuse to write a plot over anything but a plot: a file there must be a PNG that matplotlib wrote."""
+    """Refuse to write a plot over anything but a plot: a file there must be a PNG that matplotlib wrote, or empty (all
+    that an earlier version's writer left when it was killed mid-write: nothing to lose)."""
     check_folder_place(path.parent, name=f"the folder of {name}", expected="a folder")
-    if not path.exists():
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
         return
     if path.is_file():
         with open(path, "rb") as f:

@@ -301,6 +301,17 @@ def test_a_plot_is_written_over_a_plot_only(tmp_path):
     assert plot.read_bytes() != first
 
 
+def test_a_plot_writer_killed_mid_write_leaves_no_file_the_next_one_refuses(tmp_path):
+    """A sweep's workers all plot the study; one SIGKILLed inside savefig left an empty PNG, which every later
+    worker then refused (exit 2). Plots are written atomically now, and an empty file holds nothing to lose."""
+    import matplotlib.pyplot as plt
+
+    torn = tmp_path / "study-lr.png"
+    torn.write_bytes(b"")
+    save_figure(plt.figure(figsize=(2, 2)), torn)
+    assert torn.read_bytes().startswith(b"\x89PNG") and not [p for p in tmp_path.iterdir() if p != torn]
+
+
 @pytest.mark.parametrize("out, make, says", [
     ("cc.png", lambda t: (t / "cc.png").write_text("my notes\n"), "--out cc.png is a text file"),
     ("cc.png", lambda t: (t / "cc.json").write_text("[1, 2]\n"), "cc.json, where its scales go, is a text file"),

@@ -52,6 +52,8 @@ _HOMES = {
     "this_process": "train_core.locks",
     # memory
     "check_fits": "train_core.memory",
+    # files
+    "atomic_write": "train_core.files",
     # targets: what a run folder, a prepare folder and the files beside them look like
     "PNG_SIGNATURE": "train_core.targets",
     "RUN_FILES_SAID": "train_core.targets",
