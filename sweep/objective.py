@@ -308,6 +308,7 @@ def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
     trial.set_user_attr("flops", result.tokens_seen * result.flops_per_token)
     trial.set_user_attr("tokens_per_s", round(result.tokens_per_s, 1))
     trial.set_user_attr("mfu", round(result.mfu, 4))
+    trial.set_user_attr("mfu_peak", result.peak)  # what the mfu is over
     trial.set_user_attr("final_train_loss", result.final_train_loss)
     trial.set_user_attr("steps_done", result.steps_done)
     if result.final_val_loss is not None:
