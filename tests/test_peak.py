@@ -22,7 +22,7 @@ def test_the_first_load_measures_and_keeps_the_peak_the_next_reads_it(tmp_path):
     path.write_text(json.dumps({first.key: 1.5e15}))  # as if an earlier process had measured more
     kept = MachinePeak.load(CPU, torch.float32, path=path)
     assert kept.flops == 1.5e15  # no check beats it: it stays, and MFUs stay comparable across runs
-    assert kept.describe().startswith(f"1,500 TFLOP/s, this machine's float32 matmul peak (2048² on "
+    assert kept.describe().startswith(f"1,500 TFLOP/s, this machine's float32 matmul peak (1024² and 2048² on "
                                       f"{torch.get_num_threads()} threads), kept in {path}; a check now read ")
     assert json.loads(path.read_text()) == {first.key: 1.5e15}
 
@@ -96,6 +96,6 @@ def test_a_run_says_what_its_mfu_is_over(make_config, tmp_path, monkeypatch):
     monkeypatch.setenv("LR_SWEEP_CACHE", str(tmp_path))
     assert train(make_config(schedule={"max_steps": 2})).peak == "100.0 GFLOP/s, the config's peak_flops"
     measured = train(make_config(peak_flops=None, schedule={"max_steps": 2})).peak
-    assert measured.endswith(f", this machine's float32 matmul peak (2048² on {torch.get_num_threads()} threads), "
-                             "measured now")
+    assert measured.endswith(f", this machine's float32 matmul peak (1024² and 2048² on {torch.get_num_threads()} "
+                             "threads), measured now")
     assert list(json.loads((tmp_path / "peak_flops.json").read_text())) == [machine_key(CPU, torch.float32)]

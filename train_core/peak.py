@@ -3,8 +3,9 @@
 A peak read under load used to stick: on a 2-core CPU the cache held 135 GFLOP/s, read while another job ran, a third
 of what the cores do alone, and MFU showed 61-70% for a run whose true share was about 24%. So:
 
-- the peak is read at a size that fills the device (`saturating_size`) as the fastest of many matmuls;
-- it is kept per machine (device, processor, dtype, threads) in a small JSON file (`cache_file`), measured the first time;
+- the peak is the fastest of many matmuls at sizes that fill the device (`peak_sizes`);
+- it is kept per machine (device, processor, dtype, threads) in a small JSON file (`cache_file`), measured the first
+  time;
 - every later read checks the kept figure with a few matmuls in this process: a check that beats it by more than
   CHECK_MARGIN means it was read under load, so it is measured again and replaced. A check within the margin leaves it
   as it is, so that the trials of a study divide by the same figure;
@@ -29,12 +30,13 @@ import torch
 
 from train_core.targets import peak_cache_problem
 
-# n of the n x n matmul the peak is read at. On a 2-core AMD EPYC (AVX-512 bf16) 1024 reads as much as 2048 on a quiet
-# machine and 4096 no more; CPUs with more cores need larger blocks to keep every core busy, a GPU's tensor cores more.
-CPU_SATURATING_SIZE = 2048
-GPU_SATURATING_SIZE = 8192
+# n of the n x n matmuls the peak is the fastest of. On a quiet 2-core AMD EPYC (AVX-512 bf16) 1024² reads 425 GFLOP/s
+# in bf16 and 190 in fp32, 2048² 405 and 150, 4096² 370 and 140-170: past the caches the rate falls, while a CPU with
+# more cores may need 2048² to keep each core busy. A GPU's tensor cores fill at 8192².
+CPU_PEAK_SIZES = (1024, 2048)
+GPU_PEAK_SIZES = (4096, 8192)
 MEASURE_S = 1.0  # the first reading of a machine: the fastest of the matmuls that fit in it
-CHECK_S = 0.1  # each later read's check: at least two matmuls after a warm-up, ~0.15 s in bf16 on 2 CPU cores
+CHECK_S = 0.1  # each later read's check: at least two matmuls of each size after a warm-up
 CHECK_MARGIN = 0.10  # a check this much above the kept figure replaces it; below, the figure stays (noise)
 # Published dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by a name fragment of torch.cuda.get_device_name; the
 # first fragment a name contains decides. The H200 has the H100 SXM's compute; the PCIe and NVL H100s run at lower
@@ -71,8 +73,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def saturating_size(device: torch.device) -> int:
-    return GPU_SATURATING_SIZE if device.type == "cuda" else CPU_SATURATING_SIZE
+def peak_sizes(device: torch.device) -> tuple[int, ...]:
+    return GPU_PEAK_SIZES if device.type == "cuda" else CPU_PEAK_SIZES
 
 
 def published_bf16_peak(device_name: str) -> float | None:
@@ -81,9 +83,14 @@ def published_bf16_peak(device_name: str) -> float | None:
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, *, budget_s: float = MEASURE_S) -> float:
-    """The fastest of at least two matmuls at the device's saturating size, timed one by one for budget_s after a
-    warm-up: one that another process interrupts reads low, the fastest is the closest to what this device can do."""
-    n = saturating_size(device)
+    """The fastest matmul at the device's peak sizes, timed one by one for budget_s in all: one that another process
+    interrupts reads low, the fastest is the closest to what this device can do."""
+    sizes = peak_sizes(device)
+    return max(_fastest_matmul(device, dtype, n, budget_s=budget_s / len(sizes)) for n in sizes)
+
+
+def _fastest_matmul(device: torch.device, dtype: torch.dtype, n: int, *, budget_s: float) -> float:
+    """FLOP/s of the fastest n x n matmul of at least two timed for budget_s after a warm-up."""
     # A generator of its own: drawing from the global one would shift a resumed run's dropout masks off the
     # uninterrupted run's, since a run measures after it restored its RNG state.
     generator = torch.Generator(device=device).manual_seed(0)
@@ -126,7 +133,8 @@ class MachinePeak:
             if published := published_bf16_peak(name):
                 return cls(key, published, source=f"the published dense bf16 peak of the {name}", path=path)
         threads = f" on {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-        what = f"this machine's {_dtype_name(dtype)} matmul peak ({saturating_size(device)}²{threads})"
+        sizes = " and ".join(f"{n}²" for n in peak_sizes(device))
+        what = f"this machine's {_dtype_name(dtype)} matmul peak ({sizes}{threads})"
         kept = _read(path).get(key)
         if kept is None:
             peak = cls(key, measure_peak_flops(device, dtype), source=f"{what}, measured now", path=path)
