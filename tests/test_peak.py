@@ -21,7 +21,7 @@ def test_the_first_load_measures_and_keeps_the_peak_the_next_reads_it(tmp_path):
     assert json.loads(path.read_text()) == {machine_key(CPU, torch.float32): first.flops}
     path.write_text(json.dumps({first.key: 1.5e15}))  # as if an earlier process had measured more
     kept = MachinePeak.load(CPU, torch.float32, path=path)
-    assert kept.flops == 1.5e15  # no check beats it: it stays, and MFUs stay comparable across runs
+    assert kept.flops == 1.5e15  # no check beats it: a high figure stays
     assert kept.describe().startswith(f"1,500 TFLOP/s, this machine's float32 matmul peak (1024² and 2048² on "
                                       f"{torch.get_num_threads()} threads), kept in {path}; a check now read ")
     assert json.loads(path.read_text()) == {first.key: 1.5e15}
@@ -31,7 +31,7 @@ def test_a_peak_kept_from_a_busy_moment_is_measured_again_by_the_next_read(tmp_p
     path = tmp_path / "peak.json"
     fresh = measure_peak_flops(CPU, torch.float32)
     key = machine_key(CPU, torch.float32)
-    path.write_text(json.dumps({key: fresh / 10}))  # what a reading under load left: 135 GFLOP/s on a 420 machine
+    path.write_text(json.dumps({key: fresh / 10}))  # kept from a busy moment (the was a third)
 
     peak = MachinePeak.load(CPU, torch.float32, path=path)
 
