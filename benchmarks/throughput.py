@@ -3,10 +3,11 @@
     python benchmarks/throughput.py [--steps 8] [--shapes A,B] [--compile]
     python benchmarks/throughput.py --device cuda [--shapes 124M] [--compile] [--steps 20]
 
-First the machine's matmul peak: fp32 at 2048x2048, and bf16 at the largest size whose timing fits a ~2 s budget
-(on a CPU without native bf16 it is emulated and hundreds of times slower, so a 2048^2 bf16 matmul alone could
-take a minute); on CUDA bf16 at 8192^2. Then, for each shape at its micro-batch of tokens per step (one micro-step
-per optimizer step) and the full GPT-2 vocab:
+First the peak FLOP/s the MFU is over, read by the function every training run reads it with
+(train_core/peak.py: a known GPU's published dense bf16 peak, else this machine's matmul peak in the dtype the loops
+run, kept in $LR_SWEEP_CACHE or ~/.cache/lr-sweep and checked now), so that this MFU and a sweep's or a promoted
+run's divide by the same figure. Then, for each shape at its micro-batch of tokens per step (one micro-step per
+optimizer step) and the full GPT-2 vocab:
 
 - train_core: real optimizer steps through `train_core.train` on random-token files, ms/step from its callback; its
   loss is the model's default `model.loss: auto`: chunked on a CPU, full logits on CUDA;
@@ -15,8 +16,7 @@ per optimizer step) and the full GPT-2 vocab:
 
 With --compile each loop also runs compiled (`compile: true`; the plain step under torch.compile), after untimed
 warm-up steps that include the compile. Each row is the median over --steps steps after warm-up. Achieved FLOP/s =
-flops_per_token x tokens/s. On a CPU it is shown as a share of both measured peaks; on CUDA as MFU against the GPU's
-published dense bf16 peak (H100 SXM and H200: 989 TFLOP/s; others: the measured bf16 matmul peak), never over 100%.
+flops_per_token x tokens/s; MFU is its share of the peak, never over 100% (a faster rate raises the peak, as in a run).
 Run-to-run noise on a shared 2-core machine is large: compare rows of the same run only.
 """
 
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from train_core import (
-    GPT, VOCAB_SIZE, TokenData, TrainConfig, device_label, make_optimizer, resolve_device, resolve_dtype, to_device,
-    train, write_nanogpt_bin,
+    GPT, VOCAB_SIZE, MachinePeak, TokenData, TrainConfig, device_label, make_optimizer, resolve_device, resolve_dtype,
+    to_device, train, write_nanogpt_bin,
 )
 
 WARMUP_STEPS = 3  # untimed: first-touch allocations, oneDNN kernel selection, torch.compile and autotuning
@@ -46,50 +46,6 @@ SHAPES = {  # batch: sequences per step, one micro-step each
     "124M": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "batch": 16},  # GPT-2 small, micro 16
 }
 DEFAULT_SHAPES = {"cpu": "A,B", "cuda": "124M"}
-PEAK_SIZE = 2048
-CUDA_PEAK_SIZE = 8192
-BF16_BUDGET_S = 2.0
-CPU = torch.device("cpu")
-# Published dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by a name fragment of torch.cuda.get_device_name.
-# The H200 has the H100 SXM's compute; the PCIe and NVL H100s run at lower clocks with fewer SMs.
-BF16_DENSE_PEAK = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
-                   ("A100", 312e12)]
-
-
-def matmul_gflops(dtype: torch.dtype, n: int, *, budget_s: float, device: torch.device = CPU) -> float:
-    """GFLOP/s of an n x n matmul in dtype: one warm-up, then the fastest of at least 2 reps within budget_s
-    (a peak: the fastest rep is the one least disturbed by other processes on a shared machine)."""
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
-    _sync(device)
-    times, start = [], time.perf_counter()
-    while len(times) < 2 or time.perf_counter() - start < budget_s:
-        rep_start = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - rep_start)
-    return 2 * n**3 / min(times) / 1e9
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def published_bf16_peak(device: torch.device) -> float | None:
-    """The GPU's published dense bf16 FLOP/s, or None for a GPU not in BF16_DENSE_PEAK."""
-    name = torch.cuda.get_device_name(device)
-    return next((flops for fragment, flops in BF16_DENSE_PEAK if fragment in name), None)
-
-
-def bf16_size(budget_s: float) -> int:
-    """The largest power-of-two size up to PEAK_SIZE whose 4 bf16 matmuls (warm-up + 3) fit in budget_s."""
-    probe = 256
-    gflops = matmul_gflops(torch.bfloat16, probe, budget_s=0.0)
-    n = probe
-    while n < PEAK_SIZE and 4 * 2 * (2 * n) ** 3 / (gflops * 1e9) <= budget_s:
-        n *= 2
-    return n
 
 
 def shape_config(shape: dict, data_dir: Path, steps: int, peak: float, *, device: torch.device,
@@ -166,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
 
     console = rich.console.Console()
     console.width = max(console.width, 130)  # piped output defaults to 80 columns and would squeeze the table
-    peaks = measure_peaks(console, device)
+    dtype = resolve_dtype("auto", device)  # what train_core's default runs in, and so both loops here
+    dtype_label = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
+    peak = MachinePeak.load(device, dtype)
+    console.print(f"MFU over {peak.describe()}", highlight=False)
     table = rich.table.Table(box=rich.box.SIMPLE, title=f"training throughput on {device_label(device)}, "
                                                          f"median of {args.steps} steps after {WARMUP_STEPS} warm-up")
-    share_columns = ["%fp32", "%bf16"] if device.type == "cpu" else ["MFU"]
-    for column in ("shape", "loop", "dtype", "tokens/step", "ms/step", "tok/s", "GFLOP/s", *share_columns, "speedup"):
+    for column in ("shape", "loop", "dtype", "tokens/step", "ms/step", "tok/s", "GFLOP/s", "MFU", "speedup"):
         table.add_column(column, justify="left" if column in ("shape", "loop", "dtype") else "right", no_wrap=True)
     loops = [("train_core", False), ("plain", False)] + ([("train_core", True), ("plain", True)] if args.compile else [])
     failures: list[str] = []
@@ -184,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
             tokens_per_step = shape["batch"] * shape["block_size"]
             model = GPT(shape_config(shape, data_dir, args.steps, 1.0, device=device).model)
             flops_per_token = model.flops_per_token()
-            dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}[resolve_dtype("auto", device)]
             console.print(f"shape {name}: {shape['n_layer']}L/{shape['n_head']}H/{shape['n_embd']}, context "
                           f"{shape['block_size']}, batch {shape['batch']}, vocab {VOCAB_SIZE:,}: "
                           f"{model.num_params() / 1e6:.1f}M params, {flops_per_token / 1e6:.1f} MFLOP/token")
@@ -192,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             ms = {}
             for loop, compiled in loops:
                 label = loop + (" compiled" if compiled else "")
-                config = shape_config(shape, data_dir, args.steps, peaks["mfu"], device=device, compile=compiled)
+                config = shape_config(shape, data_dir, args.steps, peak.flops, device=device, compile=compiled)
                 start = time.perf_counter()
                 with console.status(f"timing shape {name}: {label}"):
                     try:
@@ -209,47 +166,19 @@ def main(argv: list[str] | None = None) -> int:
                 flops = flops_per_token * tokens_per_s
                 baseline = "plain compiled" if label.endswith("compiled") else "plain"
                 speedup = f"{ms[baseline] / step_ms:.2f}x" if label.startswith("train_core") and baseline in ms else ""
-                if device.type == "cpu":
-                    shares = [f"{100 * flops / peaks['fp32']:.0f}%", f"{100 * flops / peaks['bf16']:,.0f}%"]
-                else:  # a rate above the peak would be a better reading of it: MFU stays <= 100%
-                    shares = [f"{100 * flops / max(peaks['mfu'], flops):.1f}%"]
-                table.add_row(name if label == next(iter(ms)) else "", label, dtype, f"{tokens_per_step:,}",
-                              f"{step_ms:,.1f}", f"{tokens_per_s:,.0f}", f"{flops / 1e9:,.1f}", *shares, speedup)
+                table.add_row(name if label == next(iter(ms)) else "", label, dtype_label,
+                              f"{tokens_per_step:,}", f"{step_ms:,.1f}", f"{tokens_per_s:,.0f}", f"{flops / 1e9:,.1f}",
+                              f"{peak.mfu(flops):.1%}", speedup)
     console.print(table)
     for failure in failures:
         console.print(f"failed: {failure}", highlight=False)
     if device.type == "cpu":
         # Other processes on the cores skew every number above; the load average says whether they were there.
         console.print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        console.print("%fp32 / %bf16: achieved GFLOP/s over this run's matmul peak in that dtype; speedup: plain "
-                      "ms/step over train_core's (compiled over compiled); dtype: what train_core's dtype 'auto' "
-                      "resolved to on this machine (bfloat16 only where it runs natively)")
-    else:
-        console.print(f"MFU: achieved FLOP/s over {peaks['mfu_source']}; speedup: plain ms/step over train_core's "
-                      "(compiled over compiled); torch " + torch.__version__)
+    console.print(f"MFU: achieved FLOP/s over {peak.describe()}; speedup: plain ms/step over train_core's (compiled "
+                  "over compiled); dtype: what train_core's dtype 'auto' resolved to on this machine (bfloat16 only "
+                  "where it runs natively); torch " + torch.__version__, highlight=False)
     return 1 if failures else 0
-
-
-def measure_peaks(console, device: torch.device) -> dict:
-    """The matmul peaks this run compares against: fp32 and bf16 on a CPU, bf16 on CUDA; 'mfu' is the MFU
-    denominator in FLOP/s (the published bf16 peak on a known GPU)."""
-    if device.type == "cuda":
-        measured = matmul_gflops(torch.bfloat16, CUDA_PEAK_SIZE, budget_s=1.0, device=device) * 1e9
-        published = published_bf16_peak(device)
-        console.print(f"{device_label(device)}: bf16 matmul {measured / 1e12:,.0f} TFLOP/s measured "
-                      f"({CUDA_PEAK_SIZE}^2), published dense bf16 peak "
-                      + (f"{published / 1e12:,.0f} TFLOP/s" if published else "unknown for this GPU"))
-        source = (f"the published dense bf16 peak, {published / 1e12:,.0f} TFLOP/s" if published else
-                  f"the measured bf16 matmul peak, {measured / 1e12:,.0f} TFLOP/s (GPU not in BF16_DENSE_PEAK)")
-        return {"mfu": published or measured, "mfu_source": source}
-    threads = torch.get_num_threads()
-    fp32_peak = matmul_gflops(torch.float32, PEAK_SIZE, budget_s=1.0)
-    n16 = bf16_size(BF16_BUDGET_S)
-    bf16_peak = matmul_gflops(torch.bfloat16, n16, budget_s=BF16_BUDGET_S)
-    console.print(f"matmul peak on {threads} threads: fp32 {fp32_peak:,.1f} GFLOP/s ({PEAK_SIZE}^2), "
-                  f"bf16 {bf16_peak:,.1f} GFLOP/s ({n16}^2, capped to ~{BF16_BUDGET_S:.0f} s"
-                  + (": emulated bf16 is that slow here)" if n16 < PEAK_SIZE else ")"))
-    return {"fp32": fp32_peak * 1e9, "bf16": bf16_peak * 1e9, "mfu": fp32_peak * 1e9}
 
 
 if __name__ == "__main__":

@@ -208,6 +208,7 @@ def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
     trial.set_user_attr(TrialAttr.FLOPS, result.tokens_seen * result.flops_per_token)
     trial.set_user_attr(TrialAttr.TOKENS_PER_S, round(result.tokens_per_s, 1))
     trial.set_user_attr(TrialAttr.MFU, round(result.mfu, 4))
+    trial.set_user_attr(TrialAttr.MFU_PEAK, result.peak)  # what the mfu is over
     trial.set_user_attr(TrialAttr.FINAL_TRAIN_LOSS, result.final_train_loss)
     trial.set_user_attr(TrialAttr.STEPS_DONE, result.steps_done)
     if result.final_val_loss is not None:

@@ -249,6 +249,7 @@ def _run_promote(
         f"{fmt_loss(result.best_val_loss)}, {result.tokens_per_s:,.0f} tokens/s, {wall:.0f}s; run folder {plan.run_dir}",
         highlight=False,
     )
+    console.print(f"mfu {result.mfu:.1%} of {result.peak}", highlight=False)
     return 0 if result.status == "completed" else 1
 
 

@@ -82,6 +82,7 @@ class TrialAttr:
     FLOPS = "flops"
     TOKENS_PER_S = "tokens_per_s"
     MFU = "mfu"
+    MFU_PEAK = "mfu_peak"  # what the mfu is over: FLOP/s and where the figure comes from
     FINAL_TRAIN_LOSS = "final_train_loss"
     STEPS_DONE = "steps_done"
     VAL_LOSS = "val_loss"

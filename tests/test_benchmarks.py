@@ -19,22 +19,15 @@ def _load(name: str):
 
 
 @pytest.mark.slow
-def test_throughput_times_train_core_against_the_plain_step(monkeypatch, capsys):
+def test_throughput_times_train_core_against_the_plain_step(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("LR_SWEEP_CACHE", str(tmp_path))  # the peak it measures is not kept for this machine's runs
     throughput = _load("throughput")
     monkeypatch.setitem(throughput.SHAPES, "tiny", {"n_layer": 1, "n_head": 1, "n_embd": 16, "block_size": 16,
                                                     "batch": 2})
     assert throughput.main(["--steps", "1", "--shapes", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "train_core" in out and "plain" in out and "failed" not in out, out
-
-
-def test_mfu_peaks_are_the_published_dense_bf16_ones():
-    throughput = _load("throughput")
-    peaks = dict(throughput.BF16_DENSE_PEAK)
-    assert peaks["H100"] == peaks["H200"] == 989e12
-    # the first fragment a name contains decides: the PCIe card is not read as an SXM one
-    name = "NVIDIA H100 PCIe"
-    assert next(f for f, _ in throughput.BF16_DENSE_PEAK if f in name) == "H100 PCIe"
+    assert "MFU over " in out and "matmul peak (1024² and 2048²" in out, out
 
 
 @pytest.mark.slow

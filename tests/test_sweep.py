@@ -18,8 +18,8 @@ from sweep_fixtures import ANCHOR_LR, STEPS, VOCAB, load, run_lr, study_values, 
 from train_core.model import GPT
 
 UNSTABLE_PREFIXES = ("nan", "diverged", "loss spike", "grad norm")
-TRIAL_ATTRS = ("tokens_seen", "flops", "wall_s", "tokens_per_s", "mfu", "final_train_loss", "val_loss", "seed",
-               "config_hash")
+TRIAL_ATTRS = ("tokens_seen", "flops", "wall_s", "tokens_per_s", "mfu", "mfu_peak", "final_train_loss", "val_loss",
+               "seed", "config_hash")
 
 
 

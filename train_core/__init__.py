@@ -52,6 +52,8 @@ _HOMES = {
     "this_process": "train_core.locks",
     # memory
     "check_fits": "train_core.memory",
+    # peak
+    "MachinePeak": "train_core.peak",
     # files
     "atomic_write": "train_core.files",
     # targets: what a run folder, a prepare folder and the files beside them look like

@@ -81,6 +81,7 @@ class TrainResult:
     num_params: int
     losses: list[float] = field(default_factory=list)  # train loss per step run by this call
     noise_scale_tokens: float | None = None  # B_simple at the last step; None where not (yet) measured
+    peak: str = ""  # what mfu is over, FLOP/s and source (MachinePeak.describe); "" in results saved before it
 
 
 def resolve_device(name: str) -> torch.device:
@@ -327,7 +328,8 @@ def setup_run(
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     # A peak the config names is taken as given; else this machine's, kept across runs (train_core/peak.py).
-    peak = MachinePeak("config", config.peak_flops) if config.peak_flops else MachinePeak.load(device, autocast_dtype)
+    peak = (MachinePeak("config", config.peak_flops, source="the config's peak_flops") if config.peak_flops
+            else MachinePeak.load(device, autocast_dtype))
     batches = TrainBatches(train_data, device=device, prefetch=device.type == "cuda", seed=config.seed,
                            grad_accum=config.grad_accum_steps(world_size=world_size), rank=rank,
                            batch_size=config.batch.micro_batch_size, block_size=config.model.block_size)
@@ -505,6 +507,7 @@ def run_result(run: Run, steps: list[StepTaken], *, status: str, steps_done: int
         num_params=run.raw_model.num_params(),
         losses=[s.loss for s in steps],
         noise_scale_tokens=run.noise_scale.b_simple if run.noise_scale is not None else None,
+        peak=run.peak.describe(),
     )
 
 

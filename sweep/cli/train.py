@@ -43,4 +43,5 @@ def run(args, console) -> int:
         result = train(config, out_dir=out, callback=log)
     val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "-"
     console.print(f"{result.status}: {result.steps_done} steps, val loss {val}, checkpoints in {out}", highlight=False)
+    console.print(f"mfu {result.mfu:.1%} of {result.peak}", highlight=False)
     return 0 if result.status == "completed" else 1
