@@ -25,7 +25,7 @@ from train_core import (
     StepMetrics, TrainConfig, TrainResult, clear_run_folder, device_label, resolve_device, this_process, train,
 )
 
-CURVE_COLUMNS = ("step", "loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "val_loss")
+CURVE_COLUMNS = ("step", "loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "noise_scale_tokens", "val_loss")
 
 
 class StepReporter:
@@ -129,7 +129,7 @@ class Objective:
         _record_provenance(trial, config, self.plan)
         result = self._train(trial, config, out_dir, reporter)
         _record_result(trial, result)
-        optuna_dashboard.save_note(trial, _note(lr, warmup, result.final_val_loss, result.tokens_per_s, reporter.prune_reason))
+        optuna_dashboard.save_note(trial, _note(lr, warmup, result, reporter.prune_reason))
         if self.plan.branches is not None:
             self.plan.branches.put(config, out_dir)
         clear_run_folder(out_dir)  # checkpoints only serve a trial that is still running
@@ -213,6 +213,8 @@ def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
     trial.set_user_attr(TrialAttr.STEPS_DONE, result.steps_done)
     if result.final_val_loss is not None:
         trial.set_user_attr(TrialAttr.VAL_LOSS, result.final_val_loss)
+    if result.noise_scale_tokens is not None:  # measured where a step has two batch sizes (train_core.noise)
+        trial.set_user_attr(TrialAttr.NOISE_SCALE_TOKENS, round(result.noise_scale_tokens, 1))
 
 
 def name_metric(study: optuna.Study) -> None:
@@ -249,16 +251,21 @@ def _curve_row(metrics: StepMetrics, smoothed: float) -> dict:
         "lr": metrics.lr,
         "grad_norm": metrics.grad_norm,
         "tokens_per_s": round(metrics.tokens_per_s, 1),
+        "noise_scale_tokens": "" if metrics.noise_scale_tokens is None else round(metrics.noise_scale_tokens, 1),
         "val_loss": "" if metrics.val_loss is None else metrics.val_loss,
     }
 
 
-def _note(lr: float, warmup: int, val_loss: float | None, tokens_per_s: float, prune_reason: str | None) -> str:
+def _note(lr: float, warmup: int, result: TrainResult, prune_reason: str | None) -> str:
+    val_loss = result.final_val_loss
     lines = [
         f"**peak lr** {lr:.3g} · **warmup** {warmup} steps",
         f"**val loss** {val_loss:.4f}" if val_loss is not None else "**val loss** —",
-        f"**tokens/s** {tokens_per_s:,.0f}",
+        f"**tokens/s** {result.tokens_per_s:,.0f}",
     ]
+    if result.noise_scale_tokens is not None:
+        lines.append(f"**noise scale** B_simple {result.noise_scale_tokens:,.0f} tokens (a step is "
+                     f"{result.tokens_seen // max(result.steps_done, 1):,})")
     if prune_reason is not None:
         lines.append(f"**pruned** {prune_reason}")
     return "\n\n".join(lines)

@@ -22,7 +22,8 @@ from train_core import StepMetrics
 if TYPE_CHECKING:
     from sweep.promote import PromotePlan
 
-METRIC_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu", "val_loss")
+METRIC_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu", "noise_scale_tokens",
+                  "val_loss")
 
 
 class MetricsLog:
@@ -45,6 +46,7 @@ class MetricsLog:
         row = {
             "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm, "tokens_seen": m.tokens_seen,
             "tokens_per_s": round(m.tokens_per_s, 1), "mfu": round(m.mfu, 4),
+            "noise_scale_tokens": "" if m.noise_scale_tokens is None else round(m.noise_scale_tokens, 1),
             "val_loss": "" if m.val_loss is None else m.val_loss,
         }
         self.rows.append({k: str(v) for k, v in row.items()})

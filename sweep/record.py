@@ -83,6 +83,7 @@ class TrialAttr:
     TOKENS_PER_S = "tokens_per_s"
     MFU = "mfu"
     MFU_PEAK = "mfu_peak"  # what the mfu is over: FLOP/s and where the figure comes from
+    NOISE_SCALE_TOKENS = "noise_scale_tokens"  # B_simple at the last step, in tokens (steps with two batch sizes)
     FINAL_TRAIN_LOSS = "final_train_loss"
     STEPS_DONE = "steps_done"
     VAL_LOSS = "val_loss"

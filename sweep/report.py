@@ -16,14 +16,19 @@ ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2, Trial
 def trials_table(study: optuna.Study, *, title: str | None = None) -> Table:
     """Every trial, completed ones first by val loss, then pruned, failed, running."""
     table = Table(title=title, header_style="bold")
+    trials = study.get_trials(deepcopy=False)
+    # The noise scale is measured only where a step has two batch sizes: its column only when some trial has it.
+    noise = any(TrialAttr.NOISE_SCALE_TOKENS in t.user_attrs for t in trials)
     # A pruned trial has no val loss; its last smoothed train loss is what the pruner judged, in a column of its own.
-    for name in ("#", "peak lr", "warmup", "val loss", "train loss", "steps", "tok/s", "state", "why"):
+    columns = ("#", "peak lr", "warmup", "val loss", "train loss", "steps", "tok/s", *(("B_simple",) if noise else ()),
+               "state", "why")
+    for name in columns:
         table.add_column(name, justify="left" if name in ("state", "why") else "right")
 
     def key(t: FrozenTrial):
         return ORDER.get(t.state, 5), t.value if t.value is not None else math.inf, t.number
 
-    for t in sorted(study.get_trials(deepcopy=False), key=key):
+    for t in sorted(trials, key=key):
         anchor = " (anchor)" if is_anchor(t) else ""
         table.add_row(
             f"{t.number}{anchor}",
@@ -33,6 +38,8 @@ def trials_table(study: optuna.Study, *, title: str | None = None) -> Table:
             f"{t.intermediate_values[max(t.intermediate_values)]:.4f}" if t.intermediate_values else "",
             str(t.user_attrs.get(TrialAttr.STEPS_DONE, len(t.intermediate_values))),
             f"{t.user_attrs[TrialAttr.TOKENS_PER_S]:,.0f}" if TrialAttr.TOKENS_PER_S in t.user_attrs else "",
+            *((f"{t.user_attrs[TrialAttr.NOISE_SCALE_TOKENS]:,.0f}" if TrialAttr.NOISE_SCALE_TOKENS in t.user_attrs
+               else "",) if noise else ()),
             f"[{STATE_STYLE.get(t.state.name, '')}]{t.state.name}[/]",
             trial_reason(t),
         )

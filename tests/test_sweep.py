@@ -359,3 +359,31 @@ def test_a_grid_over_a_warmup_range_takes_evenly_spaced_warmups(data, tmp_path, 
     assert run_lr(path, "sweep.log", "--sampler", "grid", "--grid-points", "3", "--lr-min", "3e-3", "--lr-max", "1e-2",
                   "--pruner", "none", steps=8) == 0
     assert {t.params["warmup"] for t in load("sweep.log", "tiny-8").get_trials()} == {0, 2, 4}
+
+
+def test_trials_with_two_micro_steps_record_the_noise_scale(data, tmp_path, monkeypatch, capsys):
+    """B_simple (train_core.noise) per step in the curve, its last value as a user attr, a column in the summary."""
+    monkeypatch.chdir(tmp_path)
+    values = study_values(data, trials=2)
+    values["batch"] = {"total_batch_size": 256, "micro_batch_size": 8}  # two micro-batches of 8 x 16 tokens a step
+    path = write_study(tmp_path / "tiny.yaml", values)
+    assert main(["lr", "--study", str(path), "--steps", str(STEPS), "--storage", "sweep.log", "--pruner", "none"]) == 0
+    out = capsys.readouterr().out
+    study = load("sweep.log")
+    store = FileSystemArtifactStore(tmp_path / "artifacts")
+    for trial in study.get_trials():
+        meta, = get_all_artifact_meta(trial, storage=open_storage("sweep.log"))
+        out_csv = tmp_path / f"curve-{trial.number}.csv"
+        download_artifact(artifact_store=store, artifact_id=meta.artifact_id, file_path=str(out_csv))
+        rows = list(csv.DictReader(out_csv.open()))
+        curve = [float(r["noise_scale_tokens"]) for r in rows if r["noise_scale_tokens"]]
+        assert curve and all(math.isfinite(v) and v > 0 for v in curve), rows[-1]
+        assert trial.user_attrs["noise_scale_tokens"] == pytest.approx(curve[-1], abs=0.1)
+    assert "B_simple" in out
+
+
+def test_trials_with_one_micro_step_leave_the_noise_scale_out(finished, capsys):
+    _, _, storage, study = finished
+    assert not any("noise_scale_tokens" in t.user_attrs for t in study.get_trials())
+    assert main(["status", "--storage", storage, "--study-name", study.study_name]) == 0
+    assert "B_simple" not in capsys.readouterr().out
