@@ -85,6 +85,12 @@ class PowerLaw:
         """One standard error of the fitted exponent (the slope in log-log); nan with only two points."""
         return self.residual_sd / math.sqrt(self.sxx) if self.n > 2 else math.nan
 
+    def describe(self, variable: str) -> str:
+        """'best lr ∝ width^0.512 ± 0.030 (one standard error)': the law in words, `variable` its x."""
+        se = self.exponent_standard_error
+        error = f" ± {se:.3f} (one standard error)" if math.isfinite(se) else f" ({self.n} {variable}s: no standard error)"
+        return f"best lr ∝ {variable}^{self.exponent:.3f}{error}"
+
     def uncertainty_factor(self, tokens: float) -> float:
         """One standard error of the prediction at `tokens`, as a multiplicative factor (lr x/÷ factor)."""
         if self.n <= 2:

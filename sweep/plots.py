@@ -1,4 +1,5 @@
-"""The sweep's two plots: final loss against peak LR, and the LR range test's loss against LR.
+"""The sweep's plots: final loss against peak LR (one study, or a curve per study of a family), and the LR range
+test's loss against LR.
 
 Both show the region a person decides in: the loss-vs-LR plot clips its y-axis to the basin (a trial pruned early
 has a train loss far above it) and draws points beyond the edge on the edge, as open triangles with their value.
@@ -127,3 +128,25 @@ def save_figure(fig, path: Path, *, dpi: int = 120) -> Path:
     atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
     plt.close(fig)
     return path
+
+
+def draw_curves(bottoms: dict, *, path: Path, title: str, ylabel: str) -> Path:
+    """Final val loss vs peak LR (log axis), one curve per study of a family (widths, batch sizes), each study's best LR
+    marked: dashed, or dotted where it lies at an end of the range. `bottoms`: label -> trust.CurveBottom."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors = plt.cm.viridis([i / max(len(bottoms) - 1, 1) for i in range(len(bottoms))])
+    for (label, bottom), color in zip(bottoms.items(), colors):
+        lrs, losses = zip(*bottom.curve)
+        ax.plot(lrs, losses, "o-", color=color, markersize=3, label=f"{label}: best {bottom.lr:.3g}")
+        ax.axvline(bottom.lr, color=color, linestyle=":" if bottom.at_edge else "--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize="small")
+    return save_figure(fig, path)

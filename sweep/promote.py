@@ -15,6 +15,7 @@ trial change, so the result is written back as
 import dataclasses
 import os
 import time
+import warnings
 from datetime import datetime
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,9 +131,11 @@ def recipe_changes(study: optuna.Study, recipe: Recipe) -> list[str]:
 
 
 def peak_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, trial: FrozenTrial, recipe: Recipe,
-            lr_from: str, max_steps: int | None, n_embd: int | None) -> tuple[float | None, str, list[str]]:
+            lr_from: str, max_steps: int | None, n_embd: int | None,
+            batch_tokens: int | None = None) -> tuple[float | None, str, list[str]]:
     """The full run's peak LR (None: the trial's own), why, and what was found on the way, a line each: the trial's
-    LR, or the one `sweep horizon` extrapolated to the run's length; then (--- μP ---) carried to width n_embd."""
+    LR, or the one `sweep horizon` extrapolated to the run's length; then (--- μP ---) carried to width n_embd; then
+    to `batch_tokens` a step, along `sweep batch`'s fit (or the square-root rule, with a warning)."""
     import math
 
     from sweep.transfer import width_lr
@@ -148,6 +151,13 @@ def peak_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, trial:
     if n_embd is not None:
         lr, reason = width_lr(storage=storage, study=study, recipe=recipe, lr=lr or float(trial.params["lr"]),
                               source=reason, n_embd=n_embd)
+    if batch_tokens is not None:
+        from sweep.batch import batch_lr
+
+        lr, reason, guesses = batch_lr(storage=storage, recipe=recipe, lr=lr or float(trial.params["lr"]), source=reason,
+                                       swept_tokens=recipe.train.batch.total_batch_size, tokens=batch_tokens)
+        for guess in guesses:
+            warnings.warn(guess, stacklevel=1)
     return lr, reason, lines
 
 
@@ -162,9 +172,11 @@ def make_plan(
     lr: float | None = None,
     lr_reason: str = "the trial's lr",
     n_embd: int | None = None,
+    batch_tokens: int | None = None,
 ) -> PromotePlan:
     """The full run of `trial`: its warmup, its peak LR unless `lr` (e.g. extrapolated to the horizon) is given, at
-    the recipe's width or n_embd (--- μP ---)."""
+    the recipe's width or n_embd (--- μP ---), and at the recipe's batch or `batch_tokens` a step for the same tokens
+    (so fewer steps) unless max_steps says otherwise."""
     changes = recipe_changes(study, recipe)
     if changes and not force:
         raise InputError(
@@ -172,11 +184,19 @@ def make_plan(
         )
     sched = recipe.train.schedule
     steps = max_steps or sched.max_steps
+    notes = ()
+    if batch_tokens is not None:
+        from sweep.batch import batch_recipe
+
+        swept_tokens = recipe.train.batch.total_batch_size
+        recipe = batch_recipe(recipe, tokens=batch_tokens)
+        if max_steps is None:  # the full run's tokens, in steps of the other batch
+            steps = max(1, round(sched.max_steps * swept_tokens / batch_tokens))
+        notes = (f"batch {batch_tokens:,} tokens a step instead of the recipe's {swept_tokens:,}: {steps:,} steps",)
     # Warmup keeps the trial's step count: it tames the first updates, whose trouble does not grow with the horizon.
     warmup = min(int(trial.params["warmup"]), steps)
-    notes = ()
     if warmup < int(trial.params["warmup"]):
-        notes = (f"warmup shrinks from the trial's {trial.params['warmup']} steps to {warmup}: the run has only {steps} "
+        notes += (f"warmup shrinks from the trial's {trial.params['warmup']} steps to {warmup}: the run has only {steps} "
                  "steps",)
     # The schedule shape the trial was swept with (--schedule): a WSD winner runs WSD, not the recipe's cosine.
     space = search_space(study)
@@ -188,7 +208,7 @@ def make_plan(
         check_same_parametrization(dataclasses.asdict(swept), config.model, where=f"study {study.study_name}")
     # A shortened run, another LR or another width must not resume the plain full run's checkpoints.
     suffix = ("" if max_steps is None else f"-{steps}steps") + ("" if lr is None else f"-lr{lr:.3g}")
-    suffix += "" if n_embd is None else f"-w{n_embd}"
+    suffix += ("" if n_embd is None else f"-w{n_embd}") + ("" if batch_tokens is None else f"-b{batch_tokens}")
     run_dir = runs.study(study.study_name) / f"{PROMOTE_PREFIX}{trial.number}{suffix}"
     return PromotePlan(study=study, trial=trial, config=config, run_dir=run_dir, lr_reason=lr_reason, notes=notes)
 

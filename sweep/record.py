@@ -138,18 +138,37 @@ class HorizonAttr:
     AT_EDGE = "at_edge"
 
 
-class TransferAttr:
+class CurvesFitAttr:
+    """The user attrs every fit over a family of sweeps keeps (a sweep per width, per batch): each one's best LR, which
+    lay at an end of the range, and the power law of best LR against the family's variable."""
+
+    STEPS = "steps"
+    BEST_LR = "best_lr"
+    AT_EDGE = "at_edge"
+    LAW = "law"  # sweep.analysis.PowerLaw's fields, or None
+
+
+class TransferAttr(CurvesFitAttr):
     """The user attrs of <recipe>-transfer-<parametrization>: the drift fit (sweep.transfer.TransferFit)."""
 
     PARAMETRIZATION = "parametrization"
-    STEPS = "steps"
     WIDTHS = "widths"
-    BEST_LR = "best_lr"
-    AT_EDGE = "at_edge"
     SLOPE = "slope"
     SLOPE_STANDARD_ERROR = "slope_standard_error"
-    LAW = "law"  # sweep.analysis.PowerLaw's fields, or None
     TRANSFERRED = "transferred"
+
+
+class BatchAttr(CurvesFitAttr):
+    """The user attrs of <recipe>-batch: the best LR against the batch size (sweep.batch.BatchFit); STEPS by batch."""
+
+    TRIAL_TOKENS = "trial_tokens"
+    BATCH_TOKENS = "batch_tokens"
+    BEST_LOSS = "best_loss"
+    NOISE_SCALE = "noise_scale_tokens"
+    EXPONENT = "exponent"
+    EXPONENT_STANDARD_ERROR = "exponent_standard_error"
+    BAND = "band"
+    CRITICAL_BATCH = "critical_batch"
 
 
 def check_version(study: optuna.Study | optuna.study.StudySummary) -> int:

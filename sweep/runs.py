@@ -8,6 +8,7 @@
       <recipe>-horizon.png         the horizon fit's plot
       <recipe>-range.png           the LR range test's plot
       <recipe>-coord-check.png     μP's coordinate check
+      <recipe>-batch.png           the best LR against the batch size (studies <recipe>-b<tokens>-<steps>)
       <recipe>-transfer-<p>.png    μP: the LR-transfer figure of parametrization p (studies <recipe>-<p>-w<width>-<steps>)
       sweep.db                     the default storage
       artifacts/, <study>-lr.png   artifacts and plots of a storage that is a server (PostgreSQL, Redis); next to a
@@ -65,6 +66,16 @@ def width_recipe_name(recipe_name: str, parametrization: str, n_embd: int) -> st
     return f"{recipe_name}-{parametrization}-w{n_embd}"
 
 
+def batch_study(recipe_name: str) -> str:
+    """The study that holds a recipe's fit of the best LR against the batch size."""
+    return f"{recipe_name}-batch"
+
+
+def batch_recipe_name(recipe_name: str, tokens: int) -> str:
+    """The recipe at another batch, as `batch` sweeps it: its studies are <this>-<steps>."""
+    return f"{recipe_name}-b{tokens}"
+
+
 def folder_name(name: str) -> str:
     """A name that is safe as one folder: `name` itself when it is plain (letters, digits, '.', '_', '-', at most 64,
     not starting with a dot), else its plain characters cut to 40 and a hash of the whole name, so that two names
@@ -103,6 +114,9 @@ class Runs:
 
     def transfer_plot(self, recipe_name: str, parametrization: str) -> Path:
         return self.root / f"{folder_name(transfer_study(recipe_name, parametrization))}.png"
+
+    def batch_plot(self, recipe_name: str) -> Path:
+        return self.root / f"{folder_name(batch_study(recipe_name))}.png"
 
     def default_storage(self) -> str:
         return f"sqlite:///{self.root / 'sweep.db'}"

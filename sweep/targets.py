@@ -28,7 +28,7 @@ FIRST_LINE_BYTES = 1 << 20  # more than any journal's first record (the study's 
 ARTIFACT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # upload_artifact's uuid4
 BRANCH_DIGEST = re.compile(r"[0-9a-f]{16}")  # branches.BranchStore._stored: a folder per shared config
 BRANCH_FILE = re.compile(rf"{STABLE_NAME}|{TEMPORARY_NAME}")
-ARTIFACT_WRITERS = ("lr", "horizon", "transfer", "range", "promote")  # commands that upload plots and curves
+ARTIFACT_WRITERS = ("lr", "horizon", "transfer", "batch", "range", "promote")  # commands that upload plots and curves
 JOURNAL_SAID = 'an Optuna journal (whose first line is a record like {"op_code":0,...})'
 
 

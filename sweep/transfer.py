@@ -19,7 +19,7 @@ import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from sweep.analysis import PowerLaw, fit_power_law
-from sweep.plots import save_figure
+from sweep.plots import draw_curves
 from sweep.recipe import Recipe
 from sweep.record import TransferAttr, check_version, swept_model, write_version
 from sweep.runs import transfer_study, width_recipe_name
@@ -105,9 +105,7 @@ def report_lines(fit: TransferFit) -> list[str]:
     if fit.law is None:
         lines.append("drift: fewer than two widths have their bottom inside the LR range; widen --lr-min/--lr-max")
     else:
-        se = fit.law.exponent_standard_error
-        band = f" ± {se:.3f} (one standard error)" if math.isfinite(se) else " (two widths: no standard error)"
-        lines.append(f"drift: best lr ∝ width^{fit.law.exponent:.3f}{band} over {fit.steps} steps per trial")
+        lines.append(f"drift: {fit.law.describe('width')} over {fit.steps} steps per trial")
     held = "holds" if fit.transferred() else "does NOT hold"
     lines.append(f"transfer {held}: every width's best lr within x/÷ √2 of width {fit.proxy_width}'s, inside the range")
     return lines
@@ -115,24 +113,9 @@ def report_lines(fit: TransferFit) -> list[str]:
 
 def save_transfer_plot(fit: TransferFit, path: Path, *, title: str) -> Path:
     """The μTransfer figure: final val loss vs peak LR (log axis), a curve per width, each width's best LR marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    colors = plt.cm.viridis([i / max(len(fit.bottoms) - 1, 1) for i in range(len(fit.bottoms))])
-    for (width, bottom), color in zip(fit.bottoms.items(), colors):
-        lrs, losses = zip(*bottom.curve)
-        ax.plot(lrs, losses, "o-", color=color, markersize=3, label=f"width {width}: best {bottom.lr:.3g}")
-        ax.axvline(bottom.lr, color=color, linestyle=":" if bottom.at_edge else "--", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel(f"final val loss after {fit.steps} steps")
     slope = f", best lr ∝ width^{fit.law.exponent:.2f}" if fit.law else ""
-    ax.set_title(f"{title}{slope}", fontsize=9)
-    ax.legend(fontsize="small")
-    return save_figure(fig, path)
+    return draw_curves({f"width {w}": b for w, b in fit.bottoms.items()}, path=path, title=f"{title}{slope}",
+                       ylabel=f"final val loss after {fit.steps} steps")
 
 
 def width_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, recipe: Recipe, lr: float,

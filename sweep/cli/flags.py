@@ -69,15 +69,22 @@ def steps_list(text: str) -> list[int]:
     return [positive_int(part) for part in text.split(",")]
 
 
-def width_list(text: str) -> list[int]:
-    """Comma-separated widths, two or more, e.g. 64,128,256."""
-    try:
-        widths = sorted({int(part) for part in text.split(",")})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated widths like 64,128,256, got {text!r}") from None
-    if len(widths) < 2 or widths[0] < 1:
-        raise argparse.ArgumentTypeError(f"must be two or more positive widths like 64,128,256, got {text!r}")
-    return widths
+def int_list(*, what: str, example: str):
+    """An argparse type: two or more distinct positive integers, comma-separated (sorted), e.g. widths or batch sizes."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = sorted({int(part) for part in text.split(",")})
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be comma-separated {what} like {example}, got {text!r}") from None
+        if len(values) < 2 or values[0] < 1:
+            raise argparse.ArgumentTypeError(f"must be two or more positive {what} like {example}, got {text!r}")
+        return values
+
+    return parse
+
+
+width_list = int_list(what="widths", example="64,128,256")
 
 
 def add_study_flag(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ import warnings
 
 from sweep.cli import (
     audit,
+    batch,
     confirm,
     coord_check,
     horizon,
@@ -37,8 +38,8 @@ from train_core import InputError
 # In the order `python -m sweep --help` lists them. Each imports what its handler uses only when it runs, so that
 # `--help` does not import torch (seconds).
 COMMANDS = {
-    "lr": lr, "horizon": horizon, "transfer": transfer, "range": lr_range, "confirm": confirm, "train": train,
-    "promote": promote, "coord-check": coord_check, "sample": sample, "status": status, "audit": audit,
+    "lr": lr, "horizon": horizon, "transfer": transfer, "batch": batch, "range": lr_range, "confirm": confirm,
+    "train": train, "promote": promote, "coord-check": coord_check, "sample": sample, "status": status, "audit": audit,
     "repair-journal": repair_journal, "prepare": prepare,
 }
 

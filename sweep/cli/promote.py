@@ -16,6 +16,9 @@ def register(commands) -> None:
     parser.add_argument("--force", action="store_true", help="promote even if the recipe changed since the sweep")
     parser.add_argument("--n-embd", type=positive_int,
                         help="μP: promote at this width (head count fixed); SP moves the LR by the drift `transfer` fitted")
+    parser.add_argument("--batch-tokens", type=positive_int,
+                        help="run at this many tokens a step, for the full run's tokens; the LR moves along `sweep batch`'s "
+                        "fit, or by the square-root rule when there is none")
     parser.add_argument("--lr-from", choices=("trial", "horizon"), default="trial",
                         help="peak LR of the trial (default) or extrapolated to max_steps by `sweep horizon`")
     parser.set_defaults(handler=run)
@@ -34,11 +37,11 @@ def run(args, console) -> int:
     storage, study = open_study(args.storage, args.study_name or sweep_study(recipe.name, args.steps))
     trial = pick_trial(study, args.trial)
     lr, lr_reason, lines = peak_lr(storage=storage, study=study, trial=trial, recipe=recipe, lr_from=args.lr_from,
-                                   max_steps=args.max_steps, n_embd=args.n_embd)
+                                   max_steps=args.max_steps, n_embd=args.n_embd, batch_tokens=args.batch_tokens)
     for line in lines:
         console.print(line, highlight=False)
     plan = make_plan(study, trial, recipe, max_steps=args.max_steps, force=args.force, runs=args.runs, lr=lr,
-                     lr_reason=lr_reason, n_embd=args.n_embd)
+                     lr_reason=lr_reason, n_embd=args.n_embd, batch_tokens=args.batch_tokens)
     check_run_folder(plan.run_dir, name=f"run folder {plan.run_dir}")
     if args.dry_run:
         console.print(plan.describe(), highlight=False)
