@@ -88,7 +88,7 @@ class PowerLaw:
     def describe(self, variable: str) -> str:
         """'best lr ∝ width^0.512 ± 0.030 (one standard error)': the law in words, `variable` its x."""
         se = self.exponent_standard_error
-        error = f" ± {se:.3f} (one standard error)" if math.isfinite(se) else f" ({self.n} {variable}s: no standard error)"
+        error = f" ± {se:.3f} (one standard error)" if math.isfinite(se) else f" ({self.n} points: no standard error)"
         return f"best lr ∝ {variable}^{self.exponent:.3f}{error}"
 
     def uncertainty_factor(self, tokens: float) -> float:
