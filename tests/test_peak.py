@@ -51,6 +51,17 @@ def test_only_a_check_more_than_the_margin_above_the_kept_peak_replaces_it(tmp_p
     assert json.loads(path.read_text()) == {machine_key(CPU, torch.float32): kept_after}
 
 
+def test_the_runs_of_one_process_share_one_check(tmp_path, monkeypatch):
+    """A sweep's trials each read the peak; one check per process is enough, and each costs a fraction of a second."""
+    path = tmp_path / "peak.json"
+    path.write_text(json.dumps({machine_key(CPU, torch.float32): 100.0}))
+    readings = []
+    monkeypatch.setattr(peak_module, "measure_peak_flops",
+                        lambda device, dtype, budget_s=1.0: readings.append(budget_s) or 105.0)
+    assert [MachinePeak.load(CPU, torch.float32, path=path).flops for _ in range(3)] == [100.0] * 3
+    assert len(readings) == 1
+
+
 def test_mfu_is_never_above_one_and_a_faster_rate_raises_the_kept_peak(tmp_path):
     path = tmp_path / "peak.json"
     peak = MachinePeak("cpu|x|float32|2 threads", 100e9, source="measured now", path=path)

@@ -140,7 +140,7 @@ class MachinePeak:
             peak = cls(key, measure_peak_flops(device, dtype), source=f"{what}, measured now", path=path)
             peak.save()
             return peak
-        check = measure_peak_flops(device, dtype, budget_s=CHECK_S)
+        check = _check(key, path, device, dtype)
         if check <= kept * (1 + CHECK_MARGIN):
             return cls(key, kept, source=f"{what}, kept in {path}; a check now read {format_flops(check)}", path=path)
         remeasured = max(check, measure_peak_flops(device, dtype))
@@ -175,6 +175,12 @@ class MachinePeak:
             os.replace(f.name, self.path)
         except OSError:
             pass  # a read-only home: the peak is still right for this process
+
+
+@functools.cache  # once per process, machine key and cache: a sweep's trials share it instead of each paying for it
+def _check(key: str, path: Path, device: torch.device, dtype: torch.dtype) -> float:
+    """A quick reading of the peak, against which a kept figure is trusted or measured again."""
+    return measure_peak_flops(device, dtype, budget_s=CHECK_S)
 
 
 @functools.cache  # once per process and path: a sweep saves the peak after every trial
