@@ -23,7 +23,7 @@ from sweep.analysis import PowerLaw, fit_power_law
 from sweep.audit import SEED_NOISE
 from sweep.plots import draw_curves
 from sweep.recipe import Recipe
-from sweep.record import BatchAttr, TrialAttr, load_study_checked, write_version
+from sweep.record import BatchAttr, TrialAttr, existing_study, write_version
 from sweep.runs import batch_recipe_name, batch_study
 from sweep.trust import CurveBottom, curve_bottom
 from train_core import InputError
@@ -147,10 +147,7 @@ def batch_lr(*, storage: optuna.storages.BaseStorage, recipe: Recipe, lr: float,
              tokens: int) -> tuple[float, str, list[str]]:
     """The peak LR at `tokens` a step from `lr` at the swept batch, why, and a warning line when it is a guess: moved
     along the fit `sweep batch` stored, or by the square-root rule when there is none."""
-    try:
-        fit = load_study_checked(storage=storage, study_name=batch_study(recipe.name))
-    except KeyError:
-        fit = None
+    fit = existing_study(storage=storage, study_name=batch_study(recipe.name))
     law = fit.user_attrs.get(BatchAttr.LAW) if fit is not None else None
     ratio = tokens / swept_tokens
     if law is None:

@@ -23,7 +23,7 @@ from sweep.record import (
     TrialAttr,
     anchor_trial,
     fail_reason,
-    load_study_checked,
+    existing_study,
     search_space,
     write_sweep_record,
 )
@@ -149,7 +149,7 @@ def open_study(
     enqueued, or load it, refusing another plan."""
     space = plan.search_space()
     grid = trial_grid(plan, grid_points=grid_points) if sampler == "grid" else None
-    existing = _load_existing(storage, study_name)
+    existing = existing_study(storage=storage, study_name=study_name)
     if existing is not None:
         saved = existing.user_attrs.get(StudyAttr.SEARCH_SPACE)
         if saved is not None and saved != json.loads(json.dumps(space.to_attr())):
@@ -260,16 +260,9 @@ class _FailureStreak:
 
 def stored_lr_bounds(*, storage: optuna.storages.BaseStorage, study_name: str) -> list[float] | None:
     """The LR bounds a study of `lr` was made with, or None when there is no such study yet."""
-    existing = _load_existing(storage, study_name)
+    existing = existing_study(storage=storage, study_name=study_name)
     space = None if existing is None else search_space(existing)
     return None if space is None else list(space.lr)
-
-
-def _load_existing(storage, study_name: str) -> optuna.Study | None:
-    try:
-        return load_study_checked(storage=storage, study_name=study_name)
-    except KeyError:
-        return None
 
 
 def trial_grid(plan: TrialPlan, *, grid_points: int) -> dict[str, list]:

@@ -125,7 +125,13 @@ class RangeAttr:
     SUGGESTED_BOUNDS = "suggested_bounds"
 
 
-class HorizonAttr:
+class LawAttr:
+    """The user attr every fit study keeps its power law under (read by `stored_law`)."""
+
+    LAW = "law"  # sweep.analysis.PowerLaw's fields, or None
+
+
+class HorizonAttr(LawAttr):
     """The user attrs of <recipe>-horizon: the horizon fit (sweep.trust.HorizonFit)."""
 
     POINTS = "points"
@@ -134,18 +140,16 @@ class HorizonAttr:
     EXTRAPOLATED_LR = "extrapolated_lr"
     UNCERTAINTY_FACTOR = "uncertainty_factor"
     TOKENS_PER_STEP = "tokens_per_step"
-    LAW = "law"  # sweep.analysis.PowerLaw's fields
     AT_EDGE = "at_edge"
 
 
-class CurvesFitAttr:
+class CurvesFitAttr(LawAttr):
     """The user attrs every fit over a family of sweeps keeps (a sweep per width, per batch): each one's best LR, which
     lay at an end of the range, and the power law of best LR against the family's variable."""
 
     STEPS = "steps"
     BEST_LR = "best_lr"
     AT_EDGE = "at_edge"
-    LAW = "law"  # sweep.analysis.PowerLaw's fields, or None
 
 
 class TransferAttr(CurvesFitAttr):
@@ -186,6 +190,20 @@ def load_study_checked(*, storage: optuna.storages.BaseStorage, study_name: str)
     study = optuna.load_study(study_name=study_name, storage=storage)
     check_version(study)
     return study
+
+
+def existing_study(*, storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study | None:
+    """The study (its version checked), None when the storage holds none of that name."""
+    try:
+        return load_study_checked(storage=storage, study_name=study_name)
+    except KeyError:
+        return None
+
+
+def stored_law(*, storage: optuna.storages.BaseStorage, study_name: str) -> dict | None:
+    """The power law a fit study keeps (PowerLaw's fields), None when there is no such study or it has no law."""
+    study = existing_study(storage=storage, study_name=study_name)
+    return None if study is None else study.user_attrs.get(LawAttr.LAW)
 
 
 def write_version(study: optuna.Study) -> None:

@@ -18,9 +18,9 @@ import json
 import re
 from pathlib import Path
 
-from train_core import InputError
 from train_core import (
-    PNG_SIGNATURE, RUN_FILES_SAID, SQLITE_HEADER, STABLE_NAME, TEMPORARY_NAME, check_folder_place, describe_path, listing, run_folder_strays,
+    PNG_SIGNATURE, RUN_FILES_SAID, SQLITE_HEADER, STABLE_NAME, TEMPORARY_NAME, InputError, check_folder_place,
+    describe_path, foreign_entries, listing, run_folder_strays,
 )
 
 JOURNAL_START = b'{"op_code":'  # how Optuna's journal writes every record (compact JSON, op_code first)
@@ -109,11 +109,7 @@ def check_artifact_folder(folder: Path) -> None:
     """Refuse an artifact folder that holds anything Optuna's artifact store did not write (a storage path like
     ~/sweep.log puts it at ~/artifacts)."""
     check_folder_place(folder, name=f"artifact folder {folder}", expected="a folder for Optuna's artifacts")
-    if not folder.is_dir():
-        return
-    strays = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
-                    if p.is_dir() or not ARTIFACT_ID.fullmatch(p.name))
-    if strays:
+    if strays := foreign_entries(folder, ARTIFACT_ID):
         raise InputError(f"artifact folder {folder} (beside the storage) holds {listing(strays)}, which Optuna's "
                          "artifact store does not write (it names files by uuid): give the storage a folder of its own")
 

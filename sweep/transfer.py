@@ -21,7 +21,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from sweep.analysis import PowerLaw, fit_power_law
 from sweep.plots import draw_curves
 from sweep.recipe import Recipe
-from sweep.record import TransferAttr, check_version, swept_model, write_version
+from sweep.record import TransferAttr, stored_law, swept_model, write_version
 from sweep.runs import transfer_study, width_recipe_name
 from sweep.trust import CurveBottom, curve_bottom
 from sweep.width import at_width
@@ -128,12 +128,7 @@ def width_lr(*, storage: optuna.storages.BaseStorage, study: optuna.Study, recip
     if swept.parametrization == "mup":
         return lr, f"{source} at width {width}, kept as is at width {n_embd}: μP"
     name = transfer_study(recipe.name, "sp")
-    summary = next((s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-                    if s.study_name == name), None)
-    if summary is not None:
-        check_version(summary)
-    law = summary.user_attrs.get(TransferAttr.LAW) if summary else None
-    if law is None:
+    if (law := stored_law(storage=storage, study_name=name)) is None:
         return lr, (f"{source} at width {width}, unchanged: SP without a drift fit ({name}; run `sweep transfer "
                     "--parametrization sp` first), though SP's best lr moves with width")
     slope = law["exponent"]

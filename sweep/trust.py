@@ -1,9 +1,9 @@
-"""Sweep results a user can trust at the full horizon: the LR range test, the seed-noise band of the top settings,
-and the best LR extrapolated from several short horizons to the recipe's max_steps.
+"""Sweep results a user can trust at the full horizon: the seed-noise band of the top settings, and the best LR
+extrapolated from several short horizons to the recipe's max_steps.
 
 Each writes what it found into a study of the same storage, so `status` and optuna-dashboard show it:
-`<recipe>-range` (one trial per range test), `<study>-confirm` (one trial per setting and seed) and
-`<recipe>-horizon` (the fit in its user attrs, the plot as an artifact).
+`<study>-confirm` (one trial per setting and seed) and `<recipe>-horizon` (the fit in its user attrs, the plot as an
+artifact).
 """
 
 import dataclasses
@@ -21,64 +21,18 @@ from rich.table import Table
 
 from sweep.analysis import (
     PowerLaw,
-    RangeTestResult,
-    analyse_range_test,
     best_lr,
     compare_paired,
     curve_noise,
     fit_power_law,
-    range_test_diverged,
     seeds_needed,
 )
 from sweep.plan import TrialPlan
-from sweep.plots import draw_range_plot, save_figure
-from sweep.recipe import Recipe, run_config
-from sweep.record import ConfirmAttr, HorizonAttr, RangeAttr, check_version, is_anchor, write_version
-from sweep.runs import confirm_study, horizon_study, range_study
-from train_core import InputError, StepMetrics, train
-
-
-def run_range_test(
-    recipe: Recipe,
-    *,
-    steps: int,
-    lr_start: float,
-    lr_end: float,
-    storage: optuna.storages.BaseStorage,
-    plot: Path | None = None,
-    artifact_store: FileSystemArtifactStore | None = None,
-) -> tuple[RangeTestResult, list[tuple[float, float]]]:
-    """One run whose LR grows geometrically from lr_start to lr_end over `steps`, stopped once it diverges. With
-    `plot`, the LR-finder plot is written there and attached to the range test's trial in `artifact_store`."""
-    config = run_config(recipe, lr=lr_end, min_lr_ratio=lr_start / lr_end, warmup_steps=0, steps=steps,
-                        shape="exponential", eval_interval=steps)
-    curve: list[tuple[float, float]] = []
-
-    def on_step(m: StepMetrics) -> bool:
-        lowest = min((loss for _, loss in curve), default=math.inf)
-        curve.append((m.lr, m.loss))
-        return range_test_diverged(m.loss, lowest)  # past divergence the rest of the ramp says nothing
-
-    train(config, callback=on_step)
-    result = analyse_range_test([lr for lr, _ in curve], [loss for _, loss in curve])
-    study = optuna.create_study(study_name=range_study(recipe.name), storage=storage, load_if_exists=True)
-    trial = study.ask({"lr_start": FloatDistribution(lr_start, lr_start), "lr_end": FloatDistribution(lr_end, lr_end)})
-    for step, (_, loss) in enumerate(curve):
-        if math.isfinite(loss):
-            trial.report(loss, step)
-    trial.set_user_attr(RangeAttr.STEEPEST_LR, result.steepest_lr)
-    trial.set_user_attr(RangeAttr.DIVERGED_LR, result.diverged_lr)
-    trial.set_user_attr(RangeAttr.MIN_LOSS_LR, result.min_loss_lr)
-    trial.set_user_attr(RangeAttr.SUGGESTED_BOUNDS, list(result.bounds()))
-    if plot is not None:
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        draw_range_plot([lr for lr, _ in curve], [loss for _, loss in curve], steepest=result.steepest_lr,
-                        lowest=result.min_loss_lr, diverged=result.diverged_lr, bounds=result.bounds(),
-                        title=f"LR range test of {recipe.name}, {len(curve)} steps", path=plot)
-        if artifact_store is not None:
-            upload_artifact(artifact_store=artifact_store, file_path=str(plot), study_or_trial=trial)
-    study.tell(trial, result.steepest_lr)
-    return result, curve
+from sweep.plots import save_figure
+from sweep.recipe import Recipe
+from sweep.record import ConfirmAttr, HorizonAttr, is_anchor, stored_law, write_version
+from sweep.runs import confirm_study, horizon_study
+from train_core import InputError, train
 
 
 @dataclass(frozen=True)
@@ -271,13 +225,10 @@ def store_horizon_fit(
 
 def horizon_lr(*, storage: optuna.storages.BaseStorage, recipe: Recipe, steps: int) -> tuple[float, float]:
     """The peak LR the stored horizon fit gives a run of `steps` steps, and its one-standard-error factor."""
-    fits = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    fit = fits.get(horizon_study(recipe.name))
-    if fit is None or HorizonAttr.LAW not in fit.user_attrs:
+    if (law := stored_law(storage=storage, study_name=horizon_study(recipe.name))) is None:
         raise InputError(f"no horizon fit for {recipe.name} in this storage: run `python -m sweep horizon --steps "
                          "100,300` first")
-    check_version(fit)
-    law = PowerLaw(**fit.user_attrs[HorizonAttr.LAW])
+    law = PowerLaw(**law)
     tokens = steps * recipe.train.batch.total_batch_size
     return law.predict(tokens), law.uncertainty_factor(tokens)
 

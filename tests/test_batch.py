@@ -83,7 +83,8 @@ def test_promote_at_another_batch_moves_the_lr_along_the_fit_or_the_square_root_
         assert "the fit `sweep batch` stored" in said and "warning" not in fitted.err
         assert "batch 512 tokens a step instead of the recipe's 128: 25 steps" in said  # the full run's 100 steps' tokens
         exponent = load(str(folder / "b.log"), "tiny-batch").user_attrs["exponent"]
-        assert exponent is None or math.isfinite(exponent)
+        best = load(str(folder / "b.log"), "tiny-b128-20").best_trial.params["lr"]
+        assert math.isfinite(exponent) and f"peak lr {best * 4**exponent:.3g}" in said  # 512 = 4 x the swept 128
 
         assert main([*promote[:7], "other.log", *promote[8:]]) == 2  # no such study in another storage
         write_study(folder / "other.yaml", study_values(write_token_files(folder / "tokens2")) | {"name": "other"})

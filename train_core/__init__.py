@@ -66,6 +66,7 @@ _HOMES = {
     "check_run_folder": "train_core.targets",
     "clear_run_folder": "train_core.targets",
     "describe_path": "train_core.targets",
+    "foreign_entries": "train_core.targets",
     "listing": "train_core.targets",
     "run_folder_strays": "train_core.targets",
 }

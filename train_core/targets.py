@@ -78,13 +78,19 @@ def check_folder_place(path: Path, *, name: str, expected: str) -> None:
     raise InputError(f"{name} lies below {blocker}, which is {describe_path(blocker)}, not a folder: expected {expected}")
 
 
-def run_folder_strays(folder: Path) -> list[str]:
-    """The entries of folder that a run does not write (sub-folders included); [] for an empty or missing folder."""
+def foreign_entries(folder: Path, allowed: re.Pattern) -> list[str]:
+    """The entries of folder that this tool does not write there: sub-folders, and files whose names `allowed` does
+    not match; sorted, folders marked with '/'. [] for an empty or missing folder."""
     try:
         entries = list(folder.iterdir())
     except (FileNotFoundError, NotADirectoryError):  # none, or deleted meanwhile (another worker's trial ended)
         return []
-    return sorted(p.name + ("/" if p.is_dir() else "") for p in entries if p.is_dir() or not RUN_FILE.fullmatch(p.name))
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in entries if p.is_dir() or not allowed.fullmatch(p.name))
+
+
+def run_folder_strays(folder: Path) -> list[str]:
+    """The entries of folder that a run does not write (sub-folders included); [] for an empty or missing folder."""
+    return foreign_entries(folder, RUN_FILE)
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -129,9 +135,7 @@ def check_data_folder(out: Path, *, name: str) -> None:
     or a meta.json of another tool; a new folder, an empty one or an earlier `prepare`'s is fine."""
     check_folder_place(out, name=name, expected="a folder for train.bin, val.bin and meta.json")
     if out.is_dir():
-        strays = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
-                        if p.is_dir() or not PREPARED_FILE.fullmatch(p.name))
-        if strays:
+        if strays := foreign_entries(out, PREPARED_FILE):
             raise InputError(f"{name} holds {listing(strays)}, which prepare does not write: expected a new or empty "
                              "folder, or one an earlier prepare wrote (train.bin, val.bin, meta.json); give another folder")
         meta = out / "meta.json"

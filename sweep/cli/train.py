@@ -21,8 +21,7 @@ def register(commands) -> None:
 
 def run(args, console) -> int:
     from sweep.recipe import load_recipe, train_run_config
-    from train_core import hold_run_folder, train
-    from train_core import check_run_folder
+    from train_core import check_run_folder, hold_run_folder, train
 
     recipe = load_recipe(args.study)
     config = train_run_config(recipe, lr=args.lr, warmup=args.warmup, max_steps=args.max_steps)
