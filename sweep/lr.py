@@ -1,6 +1,7 @@
 """The LR x warmup sweep: an Optuna study of short trials, continued until it holds `trials` finished trials."""
 
 import json
+import math
 import signal
 import time
 import warnings
@@ -174,7 +175,7 @@ def open_study(
         name_metric(study)
         optuna_dashboard.save_note(study, recipe_note(plan.recipe.text))
         study.enqueue_trial(
-            {"lr": plan.recipe.search.anchor_lr, "warmup": anchor_warmup(plan)},
+            {"lr": plan.recipe.search.anchor_lr, "warmup": anchor_warmup(plan)} | plan.anchor_values(),
             user_attrs={TrialAttr.ANCHOR: True},
             skip_if_exists=True,  # two workers starting together enqueue it once
         )
@@ -266,18 +267,19 @@ def stored_lr_bounds(*, storage: optuna.storages.BaseStorage, study_name: str) -
 
 
 def trial_grid(plan: TrialPlan, *, grid_points: int) -> dict[str, list]:
-    """The grid sampler's points: log-spaced LRs (the anchor's among them) x the warmup choices."""
+    """The grid sampler's points: log-spaced LRs (the anchor's among them) x the warmup choices x each further swept
+    key's values (the recipe's among them)."""
+    anchor = plan.anchor_values()
     return {
         "lr": lr_grid(lr_min=plan.lr_min, lr_max=plan.lr_max, points=grid_points, anchor_lr=plan.recipe.search.anchor_lr),
         "warmup": plan.warmups.grid(grid_points),
-    }
+    } | {p.key: p.grid(grid_points, anchor=anchor[p.key]) for p in plan.params}
 
 
 def grid_trials(plan: TrialPlan, *, grid_points: int) -> int:
     """Trials that cover the grid: one per point, and one more because the grid proposes the anchor's point again
     (a trial that reuses the anchor's result)."""
-    grid = trial_grid(plan, grid_points=grid_points)
-    return len(grid["lr"]) * len(grid["warmup"]) + 1
+    return math.prod(len(values) for values in trial_grid(plan, grid_points=grid_points).values()) + 1
 
 
 def _diff(saved: dict, space: dict) -> str:

@@ -72,7 +72,7 @@ class StepReporter:
 
 
 class Objective:
-    """Callable for `study.optimize`: suggests (lr, warmup), trains, returns the final validation loss.
+    """Callable for `study.optimize`: suggests (lr, warmup, any further swept keys), trains, returns the final val loss.
 
     Unstable runs are pruned by the StabilityGuard and losers by the study's pruner; either way the reason lands in
     user_attrs["prune_reason"]. A crash is recorded in user_attrs["fail_reason"] and re-raised, so Optuna marks the
@@ -103,12 +103,13 @@ class Objective:
         trial.set_user_attr(TrialAttr.WORKER, this_process())  # which of the processes sharing the study took it
         lr = trial.suggest_float("lr", self.plan.lr_min, self.plan.lr_max, log=True)
         warmup = self.plan.warmups.suggest(trial)
+        values = {p.key: p.suggest(trial) for p in self.plan.params}
         # A retry of a dead or interrupted trial trains in the first trial's folder: it resumes from its checkpoint.
         out_dir = self.plan.study_dir / f"trial-{resume_root(trial.number, trial.user_attrs)}"
         if (twin := _finished_twin(trial)) is not None:
             clear_run_folder(out_dir)  # nothing trains here; a retry's folder holds dead checkpoints
             return _reuse(trial, twin)
-        config = self.plan.trial_config(lr=lr, warmup_steps=warmup)
+        config = self.plan.trial_config(lr=lr, warmup_steps=warmup, values=values)
         branched_at = self._start_folder(trial, config, out_dir)
         reporter = StepReporter(
             trial,
@@ -129,7 +130,7 @@ class Objective:
         _record_provenance(trial, config, self.plan)
         result = self._train(trial, config, out_dir, reporter)
         _record_result(trial, result)
-        optuna_dashboard.save_note(trial, _note(lr, warmup, result, reporter.prune_reason))
+        optuna_dashboard.save_note(trial, _note(lr, warmup, values, result, reporter.prune_reason))
         if self.plan.branches is not None:
             self.plan.branches.put(config, out_dir)
         clear_run_folder(out_dir)  # checkpoints only serve a trial that is still running
@@ -256,10 +257,10 @@ def _curve_row(metrics: StepMetrics, smoothed: float) -> dict:
     }
 
 
-def _note(lr: float, warmup: int, result: TrainResult, prune_reason: str | None) -> str:
+def _note(lr: float, warmup: int, values: dict[str, float], result: TrainResult, prune_reason: str | None) -> str:
     val_loss = result.final_val_loss
     lines = [
-        f"**peak lr** {lr:.3g} · **warmup** {warmup} steps",
+        f"**peak lr** {lr:.3g} · **warmup** {warmup} steps" + "".join(f" · **{k}** {v:g}" for k, v in values.items()),
         f"**val loss** {val_loss:.4f}" if val_loss is not None else "**val loss** —",
         f"**tokens/s** {result.tokens_per_s:,.0f}",
     ]

@@ -1,5 +1,5 @@
-"""What every trial of one sweep shares besides its LR and warmup: the recipe compressed to the trial, the search
-space the study keeps, the seed, the pruner, the folders."""
+"""What every trial of one sweep shares besides its LR, warmup and other swept values: the recipe compressed to the
+trial, the search space the study keeps, the seed, the pruner, the folders."""
 
 import dataclasses
 from dataclasses import dataclass
@@ -9,6 +9,7 @@ from typing import Literal
 import optuna
 
 from sweep.branches import BranchStore
+from sweep.params import SweptParam, check_params, recipe_value
 from sweep.recipe import Recipe, WarmupSpec, WarmupSteps, run_config
 from sweep.record import SearchSpace, StudyAttr, search_space, swept_model
 from sweep.width import at_width
@@ -32,6 +33,7 @@ class TrialPlan:
     checkpoint_every: int
     branches: BranchStore | None = None  # a shape with a branch point (wsd): trials start from a shorter trial's stable phase when one is stored
     guard_rules: Literal["all", "nonfinite"] = "all"  # nonfinite: complete curves for `sweep audit`
+    params: tuple[SweptParam, ...] = ()  # further recipe keys the trials tune (sweep/params.py)
 
     @staticmethod
     def from_flags(
@@ -48,6 +50,7 @@ class TrialPlan:
         checkpoint_every: int,
         branches: BranchStore | None = None,
         guard_rules: Literal["all", "nonfinite"] = "all",
+        params: tuple[SweptParam, ...] | None = None,
     ) -> "TrialPlan":
         """The plan the sweep flags describe; None takes the recipe's value. Bad values are InputErrors naming the flag."""
         search = recipe.search
@@ -60,10 +63,11 @@ class TrialPlan:
             source = "--warmup" if warmup is not None else f"search.warmup in {recipe.path}"
             raise InputError(f"{source} has {warmups.longest} steps, which must be below --steps {steps} "
                              "(give fewer steps or fractions)")
+        params = search.params if params is None else check_params(params, recipe.train, source="--param")
         return TrialPlan(
             recipe=recipe, steps=steps, schedule=schedule, lr_min=lr_min, lr_max=lr_max, warmups=warmups,
             seed=recipe.train.seed if seed is None else seed, pruner_name=pruner_name, study_dir=study_dir,
-            checkpoint_every=checkpoint_every, branches=branches, guard_rules=guard_rules,
+            checkpoint_every=checkpoint_every, branches=branches, guard_rules=guard_rules, params=params,
         )
 
     @staticmethod
@@ -80,18 +84,26 @@ class TrialPlan:
             recipe=recipe, steps=space.steps, schedule=space.schedule, lr_min=space.lr[0], lr_max=space.lr[1],
             warmups=WarmupSteps(values=space.warmup, is_range=space.warmup_is_range),
             seed=space.seed, pruner_name="none", study_dir=study_dir, checkpoint_every=space.steps,
+            params=tuple(SweptParam.from_attr(p) for p in space.params),
         )
+
+    def anchor_values(self) -> dict[str, float]:
+        """The swept keys as the recipe writes them: the anchor trial's."""
+        return {p.key: recipe_value(self.recipe.train, p.key) for p in self.params}
 
     def search_space(self) -> SearchSpace:
         """What the trials of a study share: the study keeps it and refuses to continue with another."""
         return SearchSpace(lr=(self.lr_min, self.lr_max), warmup=self.warmups.values,
-                           warmup_is_range=self.warmups.is_range, steps=self.steps, schedule=self.schedule, seed=self.seed)
+                           warmup_is_range=self.warmups.is_range, steps=self.steps, schedule=self.schedule, seed=self.seed,
+                           params=tuple(p.to_attr() for p in self.params))
 
-    def trial_config(self, *, lr: float, warmup_steps: int, seed: int | None = None) -> TrainConfig:
-        """The recipe compressed to the trial: the whole schedule (warmup, cosine to min_lr) fits in `steps`, so every
-        trial ends annealed, and it is evaluated once, at the end. `seed` replaces the study's (confirm's re-runs)."""
+    def trial_config(self, *, lr: float, warmup_steps: int, values: dict[str, float], seed: int | None = None) -> TrainConfig:
+        """The recipe compressed to the trial, with its swept `values`: the whole schedule (warmup, cosine to min_lr)
+        fits in `steps`, so every trial ends annealed, and it is evaluated once, at the end. `seed` replaces the
+        study's (confirm's re-runs)."""
         return run_config(
             self.recipe,
+            values=values,
             lr=lr,
             warmup_steps=warmup_steps,
             steps=self.steps,

@@ -36,6 +36,7 @@ from sweep.record import (
     swept_recipe,
     write_promote_run,
 )
+from sweep.params import describe_values, swept_values
 from sweep.promoted import MetricsLog, finish_promoted_trial, run_status, start_promoted_trial, write_study_note
 from sweep.report import fmt_loss
 from sweep.runs import Runs
@@ -78,7 +79,7 @@ class PromotePlan:
         return "\n".join(self.notes) + ("\n" if self.notes else "") + (
             f"promote trial {self.trial.number} of {self.study.study_name}: width {m.n_embd} ({m.n_layer} layers, "
             f"{m.n_head} heads, {width}), {params:,} parameters; peak lr {s.max_lr:.3g} ({self.lr_reason}), warmup "
-            f"{s.warmup_steps} steps, {_decay(s)}; "
+            f"{s.warmup_steps} steps{describe_values(swept_values(self.trial.params), lead=', ')}, {_decay(s)}; "
             f"{s.max_steps:,} steps x {self.config.batch.total_batch_size:,} tokens = {self.tokens:,} tokens{eta}; "
             f"eval every {self.config.eval.interval} steps, checkpoints every {self.config.checkpoint.interval} "
             f"into {self.run_dir}"
@@ -200,9 +201,9 @@ def make_plan(
                  "steps",)
     # The schedule shape the trial was swept with (--schedule): a WSD winner runs WSD, not the recipe's cosine.
     space = search_space(study)
-    config = run_config(recipe, lr=lr or float(trial.params["lr"]), warmup_steps=warmup, steps=steps,
-                        shape=space.schedule if space else None,
-                        seed=int(trial.user_attrs.get(TrialAttr.SEED, recipe.train.seed)), n_embd=n_embd)
+    config = run_config(recipe, lr=lr or float(trial.params["lr"]), warmup_steps=warmup, steps=steps, n_embd=n_embd,
+                        shape=space.schedule if space else None, values=swept_values(trial.params),
+                        seed=int(trial.user_attrs.get(TrialAttr.SEED, recipe.train.seed)))
     swept = swept_model(study)  # --- μP --- the model as the study trained it (transfer widens it)
     if swept is not None:
         check_same_parametrization(dataclasses.asdict(swept), config.model, where=f"study {study.study_name}")

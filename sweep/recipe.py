@@ -9,6 +9,8 @@
       lr_max: 4.0e-3               # default anchor_lr * 4
       warmup: [0, 0.05, 0.1]       # a list of choices, or {min: 0, max: 0.2}; ints are steps, floats < 1 fractions
       trials: 8                    # the study's total of finished (complete + pruned) trials
+      params:                      # further recipe keys to tune (sweep/params.py), e.g.
+        model.mup_output_alpha: {low: 1, high: 16, log: true}
 """
 
 import dataclasses
@@ -21,11 +23,12 @@ from typing import Any
 
 import yaml
 
+from sweep.params import SweptParam, apply_values, check_params
 from sweep.width import at_width
 from train_core import InputError, TrainConfig
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"  # the shipped recipes
-SEARCH_KEYS = ("anchor_lr", "anchor_source", "lr_min", "lr_max", "warmup", "anchor_warmup", "trials")
+SEARCH_KEYS = ("anchor_lr", "anchor_source", "lr_min", "lr_max", "warmup", "anchor_warmup", "trials", "params")
 
 
 class _Loader(yaml.SafeLoader):
@@ -124,6 +127,7 @@ class SearchDefaults:
     warmup: WarmupSpec
     anchor_warmup: float | None  # None: the warmup choice closest to the recipe's own warmup fraction
     trials: int
+    params: tuple[SweptParam, ...] = ()  # further recipe keys to tune
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,12 +156,15 @@ def run_config(
     seed: int | None = None,
     eval_interval: int | None = None,
     checkpoint_interval: int | None = None,
+    values: dict[str, float] | None = None,
 ) -> TrainConfig:
     """The TrainConfig of one run of `recipe`: peak `lr`, `warmup_steps`, and the schedule (the recipe's `shape`
     unless given) compressed to `steps`, so that it reaches its floor at the run's last step. Every run the sweep
     starts (trial, confirm seed, range test, promote, train) gets its config here; None keeps the recipe's value.
-    `n_embd` changes the model's width by `sweep.width.at_width` (--- μP --- the head count and base width stay)."""
-    base = recipe.train if n_embd is None else at_width(recipe.train, n_embd=n_embd)
+    `n_embd` changes the model's width by `sweep.width.at_width` (--- μP --- the head count and base width stay);
+    `values` sets the swept recipe keys (sweep/params.py) a trial ran with."""
+    base = apply_values(recipe.train, values or {})
+    base = base if n_embd is None else at_width(base, n_embd=n_embd)
     schedule = dataclasses.replace(
         base.schedule,
         max_lr=lr,
@@ -169,7 +176,7 @@ def run_config(
     )
     return dataclasses.replace(
         base,
-            schedule=schedule,
+        schedule=schedule,
         eval=base.eval if eval_interval is None else dataclasses.replace(base.eval, interval=eval_interval),
         checkpoint=base.checkpoint if checkpoint_interval is None
         else dataclasses.replace(base.checkpoint, interval=checkpoint_interval),
@@ -237,6 +244,11 @@ def _parse_search(values: Any, train: TrainConfig) -> SearchDefaults:
     trials = values.get("trials", 8)
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise InputError(f"search.trials must be a positive integer, got {trials!r}")
+    params = values.get("params", {})
+    if not isinstance(params, dict):
+        raise InputError(f"search.params must map recipe keys to a range or choices, got {params!r}")
+    params = check_params(tuple(SweptParam.parse(v, key=k, where=f"search.params.{k}") for k, v in params.items()),
+                          train, source="search.params")
     return SearchDefaults(
         anchor_lr=anchor,
         anchor_source=str(values.get("anchor_source", "")),
@@ -245,6 +257,7 @@ def _parse_search(values: Any, train: TrainConfig) -> SearchDefaults:
         warmup=warmup,
         anchor_warmup=anchor_warmup,
         trials=trials,
+        params=params,
     )
 
 

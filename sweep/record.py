@@ -220,16 +220,18 @@ class SearchSpace:
     steps: int
     schedule: str
     seed: int
+    params: tuple[dict, ...] = ()  # the further swept recipe keys, as sweep.params.SweptParam.to_attr writes them
 
     def to_attr(self) -> dict:
-        return {"lr": list(self.lr), "warmup": list(self.warmup), "warmup_is_range": self.warmup_is_range,
+        attr = {"lr": list(self.lr), "warmup": list(self.warmup), "warmup_is_range": self.warmup_is_range,
                 "steps": self.steps, "schedule": self.schedule, "seed": self.seed}
+        return attr | ({"params": list(self.params)} if self.params else {})  # a study of lr and warmup as before
 
     @staticmethod
     def from_attr(attr: dict) -> "SearchSpace":
         return SearchSpace(lr=tuple(attr["lr"]), warmup=tuple(attr["warmup"]),
                            warmup_is_range=attr.get("warmup_is_range", False), steps=attr["steps"],
-                           schedule=attr["schedule"], seed=attr["seed"])
+                           schedule=attr["schedule"], seed=attr["seed"], params=tuple(attr.get("params", ())))
 
 
 def write_sweep_record(study: optuna.Study, *, space: SearchSpace, recipe: "Recipe", pruner: str,

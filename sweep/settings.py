@@ -22,6 +22,7 @@ class SweepSettings:
     lr_min: float | None  # None: the recipe's (or the bounds a range test found)
     lr_max: float | None
     warmup: list | None  # None: the recipe's search.warmup
+    params: list[str] | None  # --param KEY=LOW:HIGH[:log] or KEY=A,B,C each; None: the recipe's search.params
     schedule: str
     seed: int | None  # None: the recipe's
     checkpoint_every: int
@@ -47,6 +48,7 @@ class SweepSettings:
     def plan(self, recipe: Recipe, *, steps: int, lr_bounds: tuple[float, float] | None = None):
         """The TrialPlan of `steps`-step trials of recipe; every flag checked first."""
         from sweep.branches import BranchStore
+        from sweep.params import SweptParam
         from sweep.plan import TrialPlan
         from sweep.pruning import make_pruner
         from sweep.samplers import make_sampler
@@ -67,6 +69,7 @@ class SweepSettings:
             checkpoint_every=self.checkpoint_every,
             branches=BranchStore(self.runs.branches(recipe.name)) if SHAPES[self.schedule].branch_point else None,
             guard_rules=self.guard_rules,
+            params=None if self.params is None else tuple(SweptParam.from_flag(text) for text in self.params),
         )
         make_sampler(self.sampler, seed=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
         make_pruner(self.pruner, steps=steps, warmup_steps=0)

@@ -27,6 +27,7 @@ from sweep.analysis import (
     fit_power_law,
     seeds_needed,
 )
+from sweep.params import describe_values, swept_values
 from sweep.plan import TrialPlan
 from sweep.plots import save_figure
 from sweep.recipe import Recipe
@@ -39,8 +40,13 @@ from train_core import InputError, train
 class SeedResults:
     lr: float
     warmup: int
+    values: dict[str, float]  # the further swept keys (sweep/params.py)
     anchor: bool
     losses: dict[int, float]  # seed -> final val loss
+
+    @property
+    def setting(self) -> str:
+        return f"lr {self.lr:.3g}" + "".join(f", {k} {v:g}" for k, v in self.values.items())
 
     def mean_sd(self) -> tuple[float, float]:
         values = list(self.losses.values())
@@ -61,28 +67,31 @@ def run_confirm(
     if anchor is not None and all(anchor.params != c.params for c in chosen):
         chosen.append(anchor)
     confirm = optuna.create_study(study_name=confirm_study(study.study_name), storage=storage, load_if_exists=True)
-    done = {
-        (t.params["lr"], t.params["warmup"], t.params["seed"]): t.value
-        for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    }
+    done = {(_setting(t.params), t.params["seed"]): t.value
+            for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     results = []
     for t in chosen:
-        lr, warmup = t.params["lr"], int(t.params["warmup"])
+        lr, warmup, values = t.params["lr"], int(t.params["warmup"]), swept_values(t.params)
         losses = {plan.seed: t.value}
         for seed in range(plan.seed + 1, plan.seed + seeds):
-            if (lr, warmup, seed) not in done:
-                console.print(f"confirm: lr {lr:.3g} warmup {warmup} seed {seed}", highlight=False)
-                value = train(plan.trial_config(lr=lr, warmup_steps=warmup, seed=seed)).final_val_loss
-                trial = confirm.ask(
-                    {"lr": FloatDistribution(lr, lr), "warmup": IntDistribution(warmup, warmup),
-                     "seed": IntDistribution(seed, seed)}
-                )
+            if (key := (_setting(t.params), seed)) not in done:
+                console.print(f"confirm: lr {lr:.3g} warmup {warmup}{describe_values(values, lead=', ')} seed {seed}",
+                              highlight=False)
+                value = train(plan.trial_config(lr=lr, warmup_steps=warmup, values=values, seed=seed)).final_val_loss
+                fixed = {"lr": lr, **values}
+                trial = confirm.ask({k: FloatDistribution(v, v) for k, v in fixed.items()}
+                                    | {"warmup": IntDistribution(warmup, warmup), "seed": IntDistribution(seed, seed)})
                 trial.set_user_attr(ConfirmAttr.SOURCE_TRIAL, t.number)
                 confirm.tell(trial, value)
-                done[(lr, warmup, seed)] = value
-            losses[seed] = done[(lr, warmup, seed)]
-        results.append(SeedResults(lr=lr, warmup=warmup, anchor=is_anchor(t), losses=losses))
+                done[key] = value
+            losses[seed] = done[key]
+        results.append(SeedResults(lr=lr, warmup=warmup, values=values, anchor=is_anchor(t), losses=losses))
     return results
+
+
+def _setting(params: dict) -> tuple:
+    """What a confirm run re-runs of a trial: its lr, warmup and further swept values."""
+    return (params["lr"], int(params["warmup"]), *sorted(swept_values(params).items()))
 
 
 def confirm_outlook(study: optuna.Study, *, seeds: int) -> list[str]:
@@ -117,11 +126,13 @@ def confirm_report(results: list[SeedResults]) -> tuple[Table, list[str]]:
     """A table of mean ± sd per setting and sentences on whether the winner beats the runner-up and the anchor."""
     ranked = sorted(results, key=lambda r: r.mean_sd()[0])
     table = Table(title="val loss over seeds", header_style="bold")
-    for name in ("peak lr", "warmup", "seeds", "mean", "sd", ""):
+    swept = any(r.values for r in ranked)  # further swept keys: a column of their values
+    for name in ("peak lr", "warmup", *(("swept",) if swept else ()), "seeds", "mean", "sd", ""):
         table.add_column(name, justify="right")
     for r in ranked:
         mean, sd = r.mean_sd()
-        table.add_row(f"{r.lr:.3g}", str(r.warmup), str(len(r.losses)), f"{mean:.4f}", f"{sd:.4f}", "anchor" if r.anchor else "")
+        table.add_row(f"{r.lr:.3g}", str(r.warmup), *((describe_values(r.values),) if swept else ()), str(len(r.losses)),
+                      f"{mean:.4f}", f"{sd:.4f}", "anchor" if r.anchor else "")
     winner, lines = ranked[0], []
     others = [("the runner-up", ranked[1])] if len(ranked) > 1 else []
     anchor = next((r for r in ranked if r.anchor), None)
@@ -135,7 +146,7 @@ def confirm_report(results: list[SeedResults]) -> tuple[Table, list[str]]:
         verdict = "better beyond seed noise" if c.distinguishable else "NOT distinguishable from it within seed noise"
         side = "lower" if c.mean_difference >= 0 else "higher"
         lines.append(
-            f"lr {winner.lr:.3g} vs {label} lr {other.lr:.3g}: winner {side} by {abs(c.mean_difference):.4f} ± "
+            f"{winner.setting} vs {label} {other.setting}: winner {side} by {abs(c.mean_difference):.4f} ± "
             f"{c.half_width:.4f} (95%, {c.seeds} paired seeds): {verdict}"
         )
     return table, lines
@@ -174,14 +185,14 @@ class CurveBottom:
 
 def curve_bottom(study: optuna.Study) -> CurveBottom:
     """Where a sweep's loss-vs-LR curve bottoms out: a parabola in log LR around its lowest point (`best_lr`), over the
-    completed trials that share the winner's warmup."""
+    completed trials that share the winner's warmup and further swept values (when three or more do)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise InputError(f"study {study.study_name} has no completed trial to fit; run it again or widen its LR range")
     winner = min(complete, key=lambda t: t.value)
     tried = [t.params["lr"] for t in study.get_trials(deepcopy=False) if "lr" in t.params]
-    same_warmup = [t for t in complete if t.params["warmup"] == winner.params["warmup"]]
-    pool = same_warmup if len(same_warmup) >= 3 else complete
+    same_setting = [t for t in complete if _setting(t.params)[1:] == _setting(winner.params)[1:]]  # all but the lr
+    pool = same_setting if len(same_setting) >= 3 else complete
     curve = sorted({t.params["lr"]: t.value for t in pool}.items())
     at_edge = winner.params["lr"] in (min(tried), max(tried))
     return CurveBottom(lr=winner.params["lr"] if at_edge else best_lr(curve), at_edge=at_edge,

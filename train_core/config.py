@@ -170,6 +170,7 @@ class TrainConfig:
             _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "a positive integer")
         _check(m.n_embd % m.n_head == 0, "model.n_embd", m.n_embd, f"a multiple of model.n_head={m.n_head}")
         _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)")
+        _check(m.init_std > 0, "model.init_std", m.init_std, "> 0")
         # --- μP ---
         if m.parametrization == "mup":
             _check(m.mup_base_width >= 1, "model.mup_base_width", m.mup_base_width, "a positive width (the proxy's n_embd)")

@@ -34,6 +34,7 @@ class GPTConfig:
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
     pad_vocab_to: int = 64  # embedding rows are padded to a multiple of this for faster matmuls
     loss: Literal["auto", "chunked", "full"] = "auto"  # how the cross-entropy is computed; auto: chunked on a CPU only
+    init_std: float = 0.02  # σ: the std of the initial weights (GPT-2's 0.02)
     # --- μP ---
     parametrization: Literal["sp", "mup"] = "sp"  # sp: GPT-2 as published; mup: maximal update parametrization
     mup_base_width: int | None = None  # the width at which μP equals SP; None: this config's n_embd (the proxy's)
@@ -126,14 +127,14 @@ class GPT(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            std = 0.02 / math.sqrt(self.config.width_multiplier)  # --- μP --- hidden weights: variance σ²/m
+            std = self.config.init_std / math.sqrt(self.config.width_multiplier)  # --- μP --- hidden weights: variance σ²/m
             if getattr(module, "residual_projection", False):
                 std /= math.sqrt(2 * self.config.n_layer)  # GPT-2: residual streams add up over 2 per layer
             torch.nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            torch.nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
 
     # --- μP ---
     def optimizer_groups(self, *, weight_decay: float) -> list[dict]:

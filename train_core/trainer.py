@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Literal, Protocol
 
@@ -519,10 +519,11 @@ def check_resumable(saved: dict, config: TrainConfig, out_dir: Path, *, step: in
     """
     check_same_parametrization(saved["model"], config.model, where=f"the checkpoint in {out_dir}")
     current = config.to_dict()
-    # model.loss only picks how the same loss is computed (rounding, as device and compile): not what a run is. And
-    # checkpoints written before the option existed lack it.
+    # model.loss only picks how the same loss is computed (rounding, as device and compile): not what a run is. A
+    # checkpoint written before a model option existed lacks it, and ran its default.
     current["model"].pop("loss")
-    saved = saved | {"model": {k: v for k, v in saved["model"].items() if k != "loss"}}
+    defaults = {f.name: f.default for f in fields(GPTConfig)}
+    saved = saved | {"model": {k: v for k, v in (defaults | saved["model"]).items() if k != "loss"}}
     for section in RESUME_SECTIONS:
         same = saved.get(section) == current[section]
         if not same and section == "schedule" and step is not None:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from sweep.pruning import GUARD_RULES, PRUNERS
+from sweep.params import SWEEPABLE
 from sweep.runs import DEFAULT_RUNS_DIR
 from sweep.samplers import SAMPLERS
 from train_core import SHAPES, InputError, sweep_shapes
@@ -146,6 +147,9 @@ def add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
                         help="highest peak LR (default: the recipe's search.lr_max, anchor*16 in the default study; "
                         "anchor*4 when it names none)")
     parser.add_argument("--warmup", type=warmup_list, help="warmup choices: steps (0,50,100) or fractions (0,0.05,0.1)")
+    parser.add_argument("--param", action="append", metavar="KEY=LOW:HIGH[:log]|KEY=A,B,..",
+                        help="a further recipe key to tune, repeatable, replacing the recipe's search.params: "
+                        f"{', '.join(SWEEPABLE)} (e.g. model.mup_output_alpha=1:16:log, optimizer.beta2=0.95,0.99)")
     parser.add_argument("--schedule", choices=sweep_shapes(), default=sweep_shapes()[0],
                         help="; ".join(f"{name}: {SHAPES[name].description}" for name in sweep_shapes())
                         + f" (default {sweep_shapes()[0]})")
@@ -173,7 +177,7 @@ def sweep_settings(args):
     return SweepSettings(
         storage_url=args.storage, runs=args.runs, study_name=getattr(args, "study_name", None), sampler=args.sampler,
         pruner=args.pruner, guard_rules=args.guard, grid_points=args.grid_points, lr_min=args.lr_min,
-        lr_max=args.lr_max, warmup=args.warmup, schedule=args.schedule, seed=args.seed,
+        lr_max=args.lr_max, warmup=args.warmup, params=args.param, schedule=args.schedule, seed=args.seed,
         checkpoint_every=args.ckpt_every, trials=args.trials, timeout=args.timeout, workers=args.workers,
         threads=args.threads, worker_index=args.worker_index, worker_argv=without_workers(args.argv),
         liveness=Liveness(interval=args.heartbeat, grace=args.grace, max_retries=args.max_retries), quiet=args.quiet,
