@@ -2,14 +2,14 @@
 trial, the search space the study keeps, the seed, the pruner, the folders."""
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import optuna
 
 from sweep.branches import BranchStore
-from sweep.params import SweptParam, check_params, recipe_value
+from sweep.params import SweptParam, apply_values, check_params, recipe_value
 from sweep.recipe import Recipe, WarmupSpec, WarmupSteps, run_config
 from sweep.record import SearchSpace, StudyAttr, search_space, swept_model
 from sweep.width import at_width
@@ -34,6 +34,7 @@ class TrialPlan:
     branches: BranchStore | None = None  # a shape with a branch point (wsd): trials start from a shorter trial's stable phase when one is stored
     guard_rules: Literal["all", "nonfinite"] = "all"  # nonfinite: complete curves for `sweep audit`
     params: tuple[SweptParam, ...] = ()  # further recipe keys the trials tune (sweep/params.py)
+    fixed: dict[str, float] = field(default_factory=dict)  # recipe keys every trial sets (a proxy's tuned values)
 
     @staticmethod
     def from_flags(
@@ -51,6 +52,7 @@ class TrialPlan:
         branches: BranchStore | None = None,
         guard_rules: Literal["all", "nonfinite"] = "all",
         params: tuple[SweptParam, ...] | None = None,
+        fixed: dict[str, float] | None = None,
     ) -> "TrialPlan":
         """The plan the sweep flags describe; None takes the recipe's value. Bad values are InputErrors naming the flag."""
         search = recipe.search
@@ -64,10 +66,12 @@ class TrialPlan:
             raise InputError(f"{source} has {warmups.longest} steps, which must be below --steps {steps} "
                              "(give fewer steps or fractions)")
         params = search.params if params is None else check_params(params, recipe.train, source="--param")
+        params = tuple(p for p in params if p.key not in (fixed or {}))  # a key set on every trial is not swept
         return TrialPlan(
             recipe=recipe, steps=steps, schedule=schedule, lr_min=lr_min, lr_max=lr_max, warmups=warmups,
             seed=recipe.train.seed if seed is None else seed, pruner_name=pruner_name, study_dir=study_dir,
             checkpoint_every=checkpoint_every, branches=branches, guard_rules=guard_rules, params=params,
+            fixed=fixed or {},
         )
 
     @staticmethod
@@ -84,18 +88,19 @@ class TrialPlan:
             recipe=recipe, steps=space.steps, schedule=space.schedule, lr_min=space.lr[0], lr_max=space.lr[1],
             warmups=WarmupSteps(values=space.warmup, is_range=space.warmup_is_range),
             seed=space.seed, pruner_name="none", study_dir=study_dir, checkpoint_every=space.steps,
-            params=tuple(SweptParam.from_attr(p) for p in space.params),
+            params=tuple(SweptParam.from_attr(p) for p in space.params), fixed=space.fixed,
         )
 
     def anchor_values(self) -> dict[str, float]:
         """The swept keys as the recipe writes them: the anchor trial's."""
-        return {p.key: recipe_value(self.recipe.train, p.key) for p in self.params}
+        train = apply_values(self.recipe.train, self.fixed)
+        return {p.key: recipe_value(train, p.key) for p in self.params}
 
     def search_space(self) -> SearchSpace:
         """What the trials of a study share: the study keeps it and refuses to continue with another."""
         return SearchSpace(lr=(self.lr_min, self.lr_max), warmup=self.warmups.values,
                            warmup_is_range=self.warmups.is_range, steps=self.steps, schedule=self.schedule, seed=self.seed,
-                           params=tuple(p.to_attr() for p in self.params))
+                           params=tuple(p.to_attr() for p in self.params), fixed=self.fixed)
 
     def trial_config(self, *, lr: float, warmup_steps: int, values: dict[str, float], seed: int | None = None) -> TrainConfig:
         """The recipe compressed to the trial, with its swept `values`: the whole schedule (warmup, cosine to min_lr)
@@ -103,7 +108,7 @@ class TrialPlan:
         study's (confirm's re-runs)."""
         return run_config(
             self.recipe,
-            values=values,
+            values=self.fixed | values,
             lr=lr,
             warmup_steps=warmup_steps,
             steps=self.steps,

@@ -201,11 +201,11 @@ def make_plan(
                  "steps",)
     # The schedule shape the trial was swept with (--schedule): a WSD winner runs WSD, not the recipe's cosine.
     space = search_space(study)
+    fixed = space.fixed if space else {}  # values the study set on every trial (transfer --tuned-from)
     config = run_config(recipe, lr=lr or float(trial.params["lr"]), warmup_steps=warmup, steps=steps, n_embd=n_embd,
-                        shape=space.schedule if space else None, values=swept_values(trial.params),
+                        shape=space.schedule if space else None, values=fixed | swept_values(trial.params),
                         seed=int(trial.user_attrs.get(TrialAttr.SEED, recipe.train.seed)))
-    swept = swept_model(study)  # --- μP --- the model as the study trained it (transfer widens it)
-    if swept is not None:
+    if (swept := swept_model(study)) is not None:  # --- μP --- the model as the study trained it (transfer widens it)
         check_same_parametrization(dataclasses.asdict(swept), config.model, where=f"study {study.study_name}")
     # A shortened run, another LR or another width must not resume the plain full run's checkpoints.
     suffix = ("" if max_steps is None else f"-{steps}steps") + ("" if lr is None else f"-lr{lr:.3g}")

@@ -221,17 +221,20 @@ class SearchSpace:
     schedule: str
     seed: int
     params: tuple[dict, ...] = ()  # the further swept recipe keys, as sweep.params.SweptParam.to_attr writes them
+    fixed: dict = dataclasses.field(default_factory=dict)  # recipe keys every trial set (sweep transfer --tuned-from)
 
     def to_attr(self) -> dict:
         attr = {"lr": list(self.lr), "warmup": list(self.warmup), "warmup_is_range": self.warmup_is_range,
                 "steps": self.steps, "schedule": self.schedule, "seed": self.seed}
-        return attr | ({"params": list(self.params)} if self.params else {})  # a study of lr and warmup as before
+        # A study of lr and warmup alone keeps what it kept before.
+        return attr | ({"params": list(self.params)} if self.params else {}) | ({"fixed": self.fixed} if self.fixed else {})
 
     @staticmethod
     def from_attr(attr: dict) -> "SearchSpace":
         return SearchSpace(lr=tuple(attr["lr"]), warmup=tuple(attr["warmup"]),
                            warmup_is_range=attr.get("warmup_is_range", False), steps=attr["steps"],
-                           schedule=attr["schedule"], seed=attr["seed"], params=tuple(attr.get("params", ())))
+                           schedule=attr["schedule"], seed=attr["seed"], params=tuple(attr.get("params", ())),
+                           fixed=attr.get("fixed", {}))
 
 
 def write_sweep_record(study: optuna.Study, *, space: SearchSpace, recipe: "Recipe", pruner: str,

@@ -7,6 +7,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
+from sweep.params import describe_values, swept_values
 from sweep.record import TrialAttr, anchor_trial, is_anchor, promote_runs
 from sweep.view import STATE_STYLE, trial_reason
 
@@ -19,8 +20,9 @@ def trials_table(study: optuna.Study, *, title: str | None = None) -> Table:
     trials = study.get_trials(deepcopy=False)
     # The noise scale is measured only where a step has two batch sizes: its column only when some trial has it.
     noise = any(TrialAttr.NOISE_SCALE_TOKENS in t.user_attrs for t in trials)
+    keys = sorted({k for t in trials for k in swept_values(t.params)})  # further swept recipe keys: a column each
     # A pruned trial has no val loss; its last smoothed train loss is what the pruner judged, in a column of its own.
-    columns = ("#", "peak lr", "warmup", "val loss", "train loss", "steps", "tok/s", *(("B_simple",) if noise else ()),
+    columns = ("#", "peak lr", "warmup", *keys, "val loss", "train loss", "steps", "tok/s", *(("B_simple",) if noise else ()),
                "state", "why")
     for name in columns:
         table.add_column(name, justify="left" if name in ("state", "why") else "right")
@@ -34,6 +36,7 @@ def trials_table(study: optuna.Study, *, title: str | None = None) -> Table:
             f"{t.number}{anchor}",
             f"{t.params['lr']:.3g}" if "lr" in t.params else "",
             str(t.params.get("warmup", "")),
+            *(f"{t.params[k]:.3g}" if k in t.params else "" for k in keys),
             f"{t.value:.4f}" if t.value is not None and t.state == TrialState.COMPLETE else "",
             f"{t.intermediate_values[max(t.intermediate_values)]:.4f}" if t.intermediate_values else "",
             str(t.user_attrs.get(TrialAttr.STEPS_DONE, len(t.intermediate_values))),
@@ -52,7 +55,8 @@ def best_summary(study: optuna.Study) -> str | None:
     if not complete:
         return None
     best = min(complete, key=lambda t: t.value)
-    text = f"best: trial {best.number}, peak lr {best.params['lr']:.3g}, warmup {best.params['warmup']}, val loss {best.value:.4f}"
+    text = (f"best: trial {best.number}, peak lr {best.params['lr']:.3g}, warmup {best.params['warmup']}"
+            f"{describe_values(swept_values(best.params), lead=', ')}, val loss {best.value:.4f}")
     anchor = anchor_trial(study)
     if anchor is not None and anchor.state == TrialState.COMPLETE and anchor.number != best.number:
         text += f" ({anchor.value - best.value:.4f} below the anchor lr {anchor.params['lr']:.3g}: {anchor.value:.4f})"

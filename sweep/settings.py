@@ -45,8 +45,10 @@ class SweepSettings:
     def study_name_for(self, recipe: Recipe, steps: int) -> str:
         return self.study_name or sweep_study(recipe.name, steps)
 
-    def plan(self, recipe: Recipe, *, steps: int, lr_bounds: tuple[float, float] | None = None):
-        """The TrialPlan of `steps`-step trials of recipe; every flag checked first."""
+    def plan(self, recipe: Recipe, *, steps: int, lr_bounds: tuple[float, float] | None = None,
+             fixed: dict[str, float] | None = None):
+        """The TrialPlan of `steps`-step trials of recipe, every trial setting the recipe keys `fixed`; every flag
+        checked first."""
         from sweep.branches import BranchStore
         from sweep.params import SweptParam
         from sweep.plan import TrialPlan
@@ -70,6 +72,7 @@ class SweepSettings:
             branches=BranchStore(self.runs.branches(recipe.name)) if SHAPES[self.schedule].branch_point else None,
             guard_rules=self.guard_rules,
             params=None if self.params is None else tuple(SweptParam.from_flag(text) for text in self.params),
+            fixed=fixed,
         )
         make_sampler(self.sampler, seed=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
         make_pruner(self.pruner, steps=steps, warmup_steps=0)

@@ -19,12 +19,14 @@ import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from sweep.analysis import PowerLaw, fit_power_law
+from sweep.params import MUP_ONLY, describe_values, swept_values
 from sweep.plots import draw_curves
 from sweep.recipe import Recipe
 from sweep.record import TransferAttr, stored_law, swept_model, write_version
 from sweep.runs import transfer_study, width_recipe_name
 from sweep.trust import CurveBottom, curve_bottom
 from sweep.width import at_width
+from train_core import InputError
 
 TRANSFER_TOLERANCE = math.sqrt(2)  # a best LR within x/÷ √2 of the narrowest width's counts as transferred
 
@@ -140,10 +142,29 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def width_plans(settings, recipe: Recipe, *, widths: list[int], parametrization: str, steps: int) -> dict:
-    """One TrialPlan per width: the recipe's model made that wide under `parametrization`, the same LR grid."""
-    return {w: settings.plan(width_recipe(recipe, n_embd=w, parametrization=parametrization), steps=steps)
+def width_plans(settings, recipe: Recipe, *, widths: list[int], parametrization: str, steps: int,
+                tuned: dict[str, float]) -> dict:
+    """One TrialPlan per width: the recipe's model made that wide under `parametrization`, the same LR grid, every
+    trial setting the proxy's `tuned` values."""
+    return {w: settings.plan(width_recipe(recipe, n_embd=w, parametrization=parametrization), steps=steps, fixed=tuned)
             for w in widths}
+
+
+def tuned_values(*, storage_url: str, study_name: str, parametrization: str) -> tuple[dict[str, float], str]:
+    """The further swept recipe keys of the best trial of `study_name` (the proxy's `sweep lr` study), which every
+    width then trains with, and a line saying which. μP's multipliers mean nothing under SP and are left out there."""
+    from sweep.storage import open_study
+
+    _, study = open_study(storage_url, study_name)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    values = swept_values(min(complete, key=lambda t: t.value).params) if complete else {}
+    if not values:
+        raise InputError(f"--tuned-from {study_name}: the study has no completed trial that swept a recipe key "
+                         "(run `sweep lr` with --param or search.params on the proxy first)")
+    kept = {k: v for k, v in values.items() if parametrization == "mup" or k not in MUP_ONLY}
+    dropped = sorted(set(values) - set(kept))
+    return kept, (f"every width trains with {describe_values(kept) or 'the recipe as written'}, tuned in study "
+                  f"{study_name}" + (f" ({', '.join(dropped)} left out: μP only)" if dropped else ""))
 
 
 def fit_and_store(studies: dict[int, optuna.Study], *, settings, recipe: Recipe, parametrization: str,

@@ -156,3 +156,50 @@ def test_a_study_refuses_to_continue_with_another_param_range(study, capsys):
     assert "another search space" in capsys.readouterr().err
     assert len(load("c.log").get_trials()) == 1
 
+
+
+# --- transfer with a proxy's tuned values ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_transfer_trains_every_width_with_the_proxys_tuned_values(data, tmp_path, monkeypatch, capsys):
+    from sweep.plan import TrialPlan
+    from sweep.promote import make_plan
+    from sweep.runs import Runs
+
+    monkeypatch.chdir(tmp_path)
+    values = study_values(data)
+    values["model"] |= {"parametrization": "mup"}
+    path = write_study(tmp_path / "tiny.yaml", values)
+    alpha = "model.mup_output_alpha"
+    assert run_lr(path, "t.log", "--trials", "3", "--sampler", "random", "--param", f"{alpha}=0.25:4:log") == 0
+    tuned = load("t.log").best_trial.params[alpha]
+    capsys.readouterr()
+    grid = ["--steps", "10", "--grid-points", "2", "--warmup", "0", "-q"]
+    assert main(["transfer", "--study", str(path), "--widths", "16,32", "--storage", "t.log", "--tuned-from",
+                 f"tiny-{STEPS}", *grid]) == 0
+    assert f"every width trains with {alpha} {tuned:g}, tuned in study tiny-{STEPS}" in capsys.readouterr().out
+    wide = load("t.log", "tiny-mup-w32-10")
+    assert wide.user_attrs["search_space"]["fixed"] == {alpha: tuned}
+    assert all(alpha not in t.params for t in wide.trials), "a tuned key is set, not swept again"
+    # Re-runs (confirm) and the promoted run of a width's trial train with it too.
+    plan = TrialPlan.from_study(wide, recipe=load_recipe(path), study_dir=tmp_path / "x")
+    assert plan.trial_config(lr=1e-2, warmup_steps=0, values={}).model.mup_output_alpha == tuned
+    promoted = make_plan(wide, wide.best_trial, load_recipe(path), max_steps=5, force=False, runs=Runs(tmp_path / "runs"),
+                         n_embd=32)
+    assert promoted.config.model.mup_output_alpha == tuned
+    # Under SP the μP multipliers mean nothing: left out, and said so.
+    assert main(["transfer", "--study", str(path), "--widths", "16,32", "--storage", "t.log", "--tuned-from",
+                 f"tiny-{STEPS}", "--parametrization", "sp", *grid]) == 0
+    assert f"({alpha} left out: μP only)" in capsys.readouterr().out
+
+
+def test_transfer_tuned_from_a_study_that_swept_no_key_exits_2(study, tmp_path, capsys):
+    assert run_lr(study, "n.log", "--trials", "1") == 0
+    capsys.readouterr()
+    code = main(["transfer", "--study", str(study), "--widths", "16,32", "--storage", "n.log", "--tuned-from",
+                 f"tiny-{STEPS}", "--steps", "10", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--tuned-from tiny-{STEPS}: the study has no completed trial that swept a recipe key" in err
+    assert not (tmp_path / "runs" / "tiny-sp-w16-10").exists()
