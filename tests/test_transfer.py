@@ -243,6 +243,7 @@ def test_mup_is_compared_with_sp_at_the_widest_width_both_swept_at_the_same_step
     sp = _fit({64: 3.331, 128: 3.258, 256: 3.181, 512: 2.996}, parametrization="sp").attrs()
     mup = _fit({64: 3.331, 128: 3.392, 256: 3.339, 512: 3.375}, other=sp)
     assert mup.versus.width == 512 and mup.versus.mup_minus_sp == pytest.approx(0.379) and not mup.versus.within
+    assert [s.better for s in mup.wider] == [False, True, False]  # as docs/mup.md reads them
     assert report_lines(mup)[-1] == ("μP vs SP at width 512, 10 steps: best val loss 3.3750 vs 2.9960, μP − SP "
                                      "+0.3790: NOT within 0.03: SP's best is better, μP did not pay at this width")
     assert mup.attrs()["mup_vs_sp"] == {"width": 512, "steps": 10, "mup_best_loss": 3.375, "sp_best_loss": 2.996,
