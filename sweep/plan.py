@@ -102,13 +102,14 @@ class TrialPlan:
                            warmup_is_range=self.warmups.is_range, steps=self.steps, schedule=self.schedule, seed=self.seed,
                            params=tuple(p.to_attr() for p in self.params), fixed=self.fixed)
 
-    def trial_config(self, *, lr: float, warmup_steps: int, values: dict[str, float], seed: int | None = None) -> TrainConfig:
+    def trial_config(self, *, lr: float, warmup_steps: int, values: dict[str, float] | None = None,
+                     seed: int | None = None) -> TrainConfig:
         """The recipe compressed to the trial, with its swept `values`: the whole schedule (warmup, cosine to min_lr)
         fits in `steps`, so every trial ends annealed, and it is evaluated once, at the end. `seed` replaces the
         study's (confirm's re-runs)."""
         return run_config(
             self.recipe,
-            values=self.fixed | values,
+            values=self.fixed | (values or {}),
             lr=lr,
             warmup_steps=warmup_steps,
             steps=self.steps,

@@ -149,6 +149,7 @@ class CurvesFitAttr(LawAttr):
 
     STEPS = "steps"
     BEST_LR = "best_lr"
+    BEST_LOSS = "best_loss"  # each one's lowest final val loss
     AT_EDGE = "at_edge"
 
 
@@ -160,6 +161,9 @@ class TransferAttr(CurvesFitAttr):
     SLOPE = "slope"
     SLOPE_STANDARD_ERROR = "slope_standard_error"
     TRANSFERRED = "transferred"
+    WIDER_STEPS = "wider_steps"  # each width against the next narrower one: WiderStep's fields
+    WIDER_BETTER = "wider_better"  # every wider width better beyond the noise band
+    MUP_VS_SP = "mup_vs_sp"  # MupVersusSp's fields, on both summaries once both parametrizations ran; else None
 
 
 class BatchAttr(CurvesFitAttr):
@@ -167,7 +171,6 @@ class BatchAttr(CurvesFitAttr):
 
     TRIAL_TOKENS = "trial_tokens"
     BATCH_TOKENS = "batch_tokens"
-    BEST_LOSS = "best_loss"
     NOISE_SCALE = "noise_scale_tokens"
     EXPONENT = "exponent"
     EXPONENT_STANDARD_ERROR = "exponent_standard_error"

@@ -4,13 +4,16 @@ width's best LR and the drift stored with the plot, and the wider promote taking
 import math
 
 import optuna
+import optuna_dashboard
 import pytest
 from optuna.artifacts import get_all_artifact_meta
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import create_trial
 
 from sweep.cli import main
 from sweep.plan import TrialPlan
 from sweep.recipe import load_recipe
-from sweep.transfer import width_lr
+from sweep.transfer import WIDER_FLOOR, fit_transfer, report_lines, width_lr
 from sweep_fixtures import load, study_values, write_study, write_token_files
 
 # 5 LRs x2 apart, the anchor's 1e-2 among them, at every width; one warmup, no pruning: whole curves.
@@ -144,3 +147,143 @@ def test_promote_at_a_wider_width_composes_with_the_horizon_fit(data, tmp_path, 
     plan = " ".join(capsys.readouterr().out.split())
     assert f"peak lr {fit['extrapolated_lr']:.3g} (the lr extrapolated by `sweep horizon` at width 16, kept as is at " \
            "width 64: μP)" in plan
+
+
+# --- whether width paid: each width's best loss against the next narrower one's, and μP's against SP's ---
+
+SWEPT = {"lr": FloatDistribution(1e-4, 1.0, log=True), "warmup": IntDistribution(0, 10)}
+SPACE = SWEPT | {"seed": IntDistribution(0, 9999)}  # confirm's
+LRS = (2.5e-3, 5e-3, 1e-2, 2e-2, 4e-2)
+
+
+def _width_study(storage, name: str, best: float, *, seed: int = 1337, bottom: float = 1e-2) -> optuna.Study:
+    """A width's grid sweep as the storage keeps it: a bowl in log LR whose bottom, at lr `bottom` (one of LRS), is
+    `best`."""
+    study = optuna.create_study(study_name=name, storage=storage)
+    for lr in LRS:
+        study.add_trial(create_trial(params={"lr": lr, "warmup": 0}, distributions=SWEPT, user_attrs={"seed": seed},
+                                     value=best + 0.1 * math.log2(lr / bottom) ** 2))
+    return study
+
+
+def _confirm(storage, name: str, losses: dict[int, float]) -> optuna.Study:
+    """`confirm`'s re-runs of a width's winner (lr 1e-2, warmup 0) at other seeds, and one of another setting."""
+    study = optuna.create_study(study_name=f"{name}-confirm", storage=storage)
+    for seed, loss in losses.items():
+        study.add_trial(create_trial(params={"lr": 1e-2, "warmup": 0, "seed": seed}, distributions=SPACE, value=loss))
+        study.add_trial(create_trial(params={"lr": 2e-2, "warmup": 0, "seed": seed}, distributions=SPACE, value=0.0))
+    return study
+
+
+def _fit(best: dict[int, float], parametrization="mup", **kwargs):
+    storage = optuna.storages.InMemoryStorage()
+    studies = {w: _width_study(storage, f"tiny-{parametrization}-w{w}-10", loss) for w, loss in best.items()}
+    return fit_transfer(studies, parametrization=parametrization, steps=10, **kwargs)
+
+
+def test_wider_better_beyond_the_band_is_said_so():
+    fit = _fit({64: 3.331, 128: 3.258, 256: 3.181, 512: 2.996})  # SP's best losses in docs/mup.md, here as μP's
+    assert fit.best_loss == {64: 3.331, 128: 3.258, 256: 3.181, 512: 2.996}
+    assert fit.wider_better() and [s.band for s in fit.wider] == [WIDER_FLOOR] * 3
+    assert [round(s.gain, 3) for s in fit.wider] == [0.073, 0.077, 0.185]
+    lines = report_lines(fit)
+    assert lines[3].startswith("μP width 512: best lr 0.01 (x1.00 of width 64")
+    assert lines[3].endswith("; best val loss 2.9960")
+    assert "best val loss, widening: 64→128 -0.0730 (band 0.0100, one seed); 128→256 -0.0770 (band 0.0100, one " \
+           "seed); 256→512 -0.1850 (band 0.0100, one seed)" in lines
+    assert lines[-1].startswith("wider is better") and not any("warning" in line for line in lines)
+    attrs = fit.attrs()
+    assert attrs["wider_better"] is True
+    assert attrs["best_loss"] == {"64": 3.331, "128": 3.258, "256": 3.181, "512": 2.996}
+    assert attrs["wider_steps"][0] == {"narrower": 64, "wider": 128, "gain": pytest.approx(0.073), "band": WIDER_FLOOR,
+                                       "seeds": 1, "better": True}
+    assert attrs["mup_vs_sp"] is None  # no SP summary to compare with
+
+
+@pytest.mark.parametrize("best", [{64: 3.331, 128: 3.392, 256: 3.339, 512: 3.375},  # μP's, docs/mup.md
+                                  {64: 3.331, 128: 3.325}])  # lower, but by less than the 0.01 floor
+def test_wider_not_better_warns_once_and_names_what_to_tune(best):
+    fit = _fit(best)
+    assert not fit.wider_better() and fit.attrs()["wider_better"] is False
+    warnings = [line for line in report_lines(fit) if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "μP's wider models are NOT better beyond the noise band (128 vs 64" in warnings[0]
+    assert all(name in warnings[0] for name in ("model.mup_output_alpha", "model.mup_input_alpha", "the init std",
+                                                 "the search space's extra params", "docs/mup.md"))
+    sp = _fit(best, parametrization="sp")  # SP's wider models not paying is a finding, not a μP setting to tune
+    assert report_lines(sp)[-1].startswith("wider is NOT better beyond the noise band at 10 steps (128 vs 64")
+    assert not any(line.startswith("warning:") for line in report_lines(sp))
+
+
+def test_a_best_loss_at_an_end_of_the_lr_range_is_named_a_bound():
+    storage = optuna.storages.InMemoryStorage()
+    studies = {16: _width_study(storage, "tiny-mup-w16-10", 4.0), 32: _width_study(storage, "tiny-mup-w32-10", 4.0,
+                                                                                    bottom=LRS[-1])}
+    verdict = report_lines(fit_transfer(studies, parametrization="mup", steps=10))[-1]
+    assert verdict.startswith("warning: μP's wider models are NOT better beyond the noise band (32 vs 16) (width 32: "
+                              "best loss at an end of the LR range, only a bound): ")
+
+
+def test_paired_seeds_from_confirm_widen_the_band_when_noisier_than_the_floor():
+    storage = optuna.storages.InMemoryStorage()
+    studies = {16: _width_study(storage, "tiny-mup-w16-10", 4.00), 32: _width_study(storage, "tiny-mup-w32-10", 3.98)}
+    # Width 32 lower by 0.02 with the sweep's seed, but the re-runs scatter: 0.02, -0.03, +0.07 (mean 0.02, wide CI).
+    noisy = {16: _confirm(storage, "tiny-mup-w16-10", {1338: 4.00, 1339: 4.00}),
+             32: _confirm(storage, "tiny-mup-w32-10", {1338: 4.03, 1339: 3.93})}
+    step = fit_transfer(studies, parametrization="mup", steps=10, confirms=noisy).wider[0]
+    assert step.seeds == 3 and step.gain == pytest.approx(0.02)
+    assert step.band > 0.1 and not step.better  # t(2) x sd 0.05 / sqrt 3
+    assert "16→32 -0.0200 (band" in step.describe() and "mean of 3 paired seeds" in step.describe()
+    steady = {16: noisy[16], 32: _confirm(storage, "tiny-mup-w32-steady", {1338: 3.979, 1339: 3.981})}
+    step = fit_transfer(studies, parametrization="mup", steps=10, confirms=steady).wider[0]
+    assert step.seeds == 3 and step.better and step.band == WIDER_FLOOR  # paired CI narrower than the floor
+
+
+def test_mup_is_compared_with_sp_at_the_widest_width_both_swept_at_the_same_steps():
+    sp = _fit({64: 3.331, 128: 3.258, 256: 3.181, 512: 2.996}, parametrization="sp").attrs()
+    mup = _fit({64: 3.331, 128: 3.392, 256: 3.339, 512: 3.375}, other=sp)
+    assert mup.versus.width == 512 and mup.versus.mup_minus_sp == pytest.approx(0.379) and not mup.versus.within
+    assert [s.better for s in mup.wider] == [False, True, False]  # as docs/mup.md reads them
+    assert report_lines(mup)[-1] == ("μP vs SP at width 512, 10 steps: best val loss 3.3750 vs 2.9960, μP − SP "
+                                     "+0.3790: NOT within 0.03: SP's best is better, μP did not pay at this width")
+    assert mup.attrs()["mup_vs_sp"] == {"width": 512, "steps": 10, "mup_best_loss": 3.375, "sp_best_loss": 2.996,
+                                        "bar": 0.03, "mup_minus_sp": pytest.approx(0.379), "within": False}
+    # Run the other way round (SP second), over fewer widths: the widest both swept, μP still the first term.
+    sp_second = _fit({64: 3.331, 128: 3.258, 256: 3.36}, parametrization="sp", other=mup.attrs())
+    assert sp_second.versus.width == 256 and sp_second.versus.mup_minus_sp == pytest.approx(3.339 - 3.36)
+    assert sp_second.versus.within
+    assert "within 0.03: μP's wide model is as good as SP's best" in report_lines(sp_second)[-1]
+    assert _fit({64: 3.3, 128: 3.2}, other=sp | {"steps": 300}).versus is None  # not the same steps
+    assert _fit({64: 3.3, 128: 3.2}, other=sp | {"best_loss": None}).versus is None  # a summary from before the verdict
+
+
+@pytest.mark.slow
+def test_transfer_stores_the_wider_verdict_and_compares_mup_with_sp(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    study = _study(tmp_path, data, "tiny.yaml", parametrization="mup")
+    assert main(["transfer", "--study", str(study), "--widths", "16,32", "--storage", "v.log", *GRID]) == 0
+    out = capsys.readouterr().out
+    mup = load("v.log", "tiny-transfer-mup")
+    best = {w: _lowest_loss(load("v.log", f"tiny-mup-w{w}-10")) for w in (16, 32)}
+    assert mup.user_attrs["best_loss"] == {"16": best[16], "32": best[32]}
+    better = best[16] - best[32] >= WIDER_FLOOR
+    assert mup.user_attrs["wider_better"] is better and mup.user_attrs["wider_steps"][0]["better"] is better
+    verdict = "wider is better: " if better else "warning: μP's wider models are NOT better beyond the noise band ("
+    note = optuna_dashboard.get_note(mup)
+    assert verdict in out and verdict in note and f"16→32 {best[32] - best[16]:+.4f} (band 0.0100, one seed)" in note
+    assert mup.user_attrs["mup_vs_sp"] is None and "μP vs SP" not in out  # SP not run yet
+
+    assert main(["transfer", "--study", str(study), "--widths", "16,32", "--storage", "v.log", "--parametrization",
+                 "sp", *GRID]) == 0
+    out = capsys.readouterr().out
+    sp_best = _lowest_loss(load("v.log", "tiny-sp-w32-10"))
+    versus = load("v.log", "tiny-transfer-sp").user_attrs["mup_vs_sp"]
+    assert versus["width"] == 32 and versus["mup_minus_sp"] == pytest.approx(best[32] - sp_best)
+    assert versus["within"] is (best[32] - sp_best <= 0.03)
+    assert load("v.log", "tiny-transfer-mup").user_attrs["mup_vs_sp"] == versus  # on both summaries
+    line = f"μP vs SP at width 32, 10 steps: best val loss {best[32]:.4f} vs {sp_best:.4f}"
+    assert line in out and line in optuna_dashboard.get_note(load("v.log", "tiny-transfer-sp"))
+
+
+def _lowest_loss(study: optuna.Study) -> float:
+    return min(t.value for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
