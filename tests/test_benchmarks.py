@@ -59,3 +59,23 @@ def test_noise_scale_compares_each_recipe_with_its_baseline_and_times_the_read(t
     assert table == [("1 micro-step, split", "1 micro-step, off"), ("2 micro-steps, off", "1 micro-step, off"),
                      ("2 micro-steps, on", "2 micro-steps, off")], out
     assert "the read alone" in out, out
+
+
+@pytest.mark.slow
+def test_predict_composes_horizon_and_width_and_checks_it_against_the_targets_own_sweep(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    values = study_values(write_token_files(tmp_path / "tokens"))
+    values["model"] |= {"parametrization": "mup"}
+    study = write_study(tmp_path / "tiny.yaml", values)
+    predict = _load("predict")
+    assert predict.main(["--study", str(study), "--proxy-steps", "10,20", "--horizon-factor", "2", "--target-width", "32",
+                         "--lr-min", "5e-3", "--lr-max", "2e-1", "--grid-points", "5", "--warmup", "0", "--seeds", "2",
+                         "--out", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    prediction, target, band = results["prediction"], results["target"], results["noise_band"]
+    assert prediction["steps"] == 40 and prediction["width"] == 32 and "μP" in prediction["reason"]
+    assert target["predicted_over_best"] == prediction["lr"] / target["best_lr"]
+    assert len(band["losses_at_predicted"]) == len(band["losses_at_best"]) == 2
+    assert "predicted_over_best" in capsys.readouterr().out
