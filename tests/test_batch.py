@@ -97,3 +97,15 @@ def test_promote_at_another_batch_moves_the_lr_along_the_fit_or_the_square_root_
     assert "(512/128)^0.5, the square-root rule" in " ".join(guessed.out.split())
     warnings = [line for line in guessed.err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "no batch fit for other" in warnings[0], guessed.err
+
+
+def test_a_batch_sweep_of_a_model_that_cannot_fit_is_refused_before_anything_trains(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    values = study_values(write_token_files(tmp_path / "tokens"))
+    values["model"]["n_embd"] = 10_000_000
+    study = write_study(tmp_path / "huge.yaml", values)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["batch", "--study", str(study), "--storage", "b.log", "--batch-tokens", "128,256"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "n_embd=10000000" in err and "cannot fit" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
