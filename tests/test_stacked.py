@@ -25,7 +25,7 @@ from sweep.recipe import load_recipe
 from sweep.runs import Runs
 from sweep.storage import open_storage
 from sweep.workers import enqueue_retry
-from sweep_fixtures import STEPS, load, run_lr
+from sweep_fixtures import STEPS, load, run_lr, study_values, write_study
 from train_core import InputError, StackMember, TrainConfig, train, train_stacked
 from train_core.data import write_nanogpt_bin
 from train_core.tokenizer import gpt2_encoding
@@ -149,8 +149,16 @@ def test_a_non_finite_member_ends_alone(make_config):
 # --- the sweep: trials as always ----------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def fp32_study(data, tmp_path, monkeypatch):
+    """The tiny study in float32 (auto is bfloat16 on a CPU that has it), so that members match to TINY_TOLERANCE."""
+    monkeypatch.chdir(tmp_path)
+    return write_study(tmp_path / "tiny.yaml", study_values(data) | {"dtype": "float32"})
+
+
 @pytest.mark.slow
-def test_a_stacked_sweep_prunes_and_completes_trials_as_the_unstacked_one(study, tmp_path):
+def test_a_stacked_sweep_prunes_and_completes_trials_as_the_unstacked_one(fp32_study, tmp_path):
+    study = fp32_study
     code = run_lr(study, str(tmp_path / "s.log"), "--sampler", "random", "--pruner", "median", "--trials", "6",
                   "--stack", "3")
     assert code == 0
@@ -170,7 +178,8 @@ def test_a_stacked_sweep_prunes_and_completes_trials_as_the_unstacked_one(study,
 
 
 @pytest.mark.slow
-def test_a_stacked_sweep_retries_a_dead_trial_from_its_checkpoint(study, tmp_path):
+def test_a_stacked_sweep_retries_a_dead_trial_from_its_checkpoint(fp32_study, tmp_path):
+    study = fp32_study
     storage = str(tmp_path / "s.log")
     assert run_lr(study, storage, "--pruner", "none", "--trials", "1") == 0
     optuna_study = load(storage)
