@@ -196,8 +196,7 @@ def run_trials(
     storage_url: str,
     stack: int = 1,
 ) -> bool:
-    """This process's worker loop, a trial at a time or `stack` at once; True when it stopped because trials kept
-    failing."""
+    """This process's worker loop, a trial or a stack of them at a time; True when it stopped on failing trials."""
     interrupts = Interrupts()  # Ctrl-C / SIGTERM end the loop between steps, never inside a storage call
     objective = Objective(
         plan, storage=storage, view=view, artifact_store=artifact_store, liveness=liveness, interrupts=interrupts
@@ -219,8 +218,7 @@ def run_trials(
                 interrupts.wait(liveness.interval)  # other workers' trials fill the budget; wait for them to end or die
                 continue
             if stack > 1:
-                run_stack(study, objective, stack=stack, trials=trials, view=view, failures=failures,
-                           deadline=deadline)
+                run_stack(study, objective, stack=stack, trials=trials, view=view, failures=failures, deadline=deadline)
                 continue
             try:
                 study.optimize(
