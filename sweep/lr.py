@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.pruning import make_pruner
 from sweep.samplers import lr_grid, make_sampler, startup_trials
+from sweep.stacked import run_stack
 from sweep.objective import Objective, name_metric
 from sweep.plan import TrialPlan
 from sweep.recipe import recipe_note, warmup_steps
@@ -104,7 +105,8 @@ def run_sweep(plan: TrialPlan, *, settings: SweepSettings, view: SweepView) -> S
         devices = describe_workers(study, gpus=gpus, threads=threads_per_worker(workers))
     else:
         stopped = run_trials(study, plan, storage=storage, trials=trials, timeout=settings.timeout, view=view,
-                             liveness=settings.liveness, artifact_store=artifact_store, storage_url=storage_url)
+                             liveness=settings.liveness, artifact_store=artifact_store, storage_url=storage_url,
+                             stack=settings.stack_for(plan, trials=trials))
     check_study_exists(storage, storage_url=storage_url, study_name=study_name)
     plot = save_lr_plot(study, path=runs.lr_plot(storage_url, study_name), artifact_store=artifact_store)
     return SweepOutcome(study=study, plot=plot, stopped_by_failures=stopped, lost_workers=lost, workers=devices,
@@ -193,8 +195,9 @@ def run_trials(
     liveness: Liveness,
     artifact_store: FileSystemArtifactStore,
     storage_url: str,
+    stack: int = 1,
 ) -> bool:
-    """This process's worker loop; True when it stopped because trials kept failing."""
+    """This process's worker loop, a trial or a stack of them at a time; True when it stopped on failing trials."""
     interrupts = Interrupts()  # Ctrl-C / SIGTERM end the loop between steps, never inside a storage call
     objective = Objective(
         plan, storage=storage, view=view, artifact_store=artifact_store, liveness=liveness, interrupts=interrupts
@@ -214,6 +217,9 @@ def run_trials(
                 break
             if not budget.may_start:
                 interrupts.wait(liveness.interval)  # other workers' trials fill the budget; wait for them to end or die
+                continue
+            if stack > 1:
+                run_stack(study, objective, stack=stack, trials=trials, view=view, failures=failures, deadline=deadline)
                 continue
             try:
                 study.optimize(

@@ -1,5 +1,6 @@
 """One sweep trial: a candidate peak LR and warmup, trained by train_core, reported to Optuna step by step."""
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -99,6 +100,16 @@ class Objective:
         self.trial_id: int | None = None  # the storage's id of the trial this objective ran last
 
     def __call__(self, trial: optuna.Trial) -> float:
+        run = self.begin(trial)
+        if not isinstance(run, TrialRun):
+            return run
+        with run.training():
+            result = train(run.config, out_dir=run.out_dir, callback=run.reporter, callback_state=run.reporter.guard)
+        return run.finish(result)
+
+    def begin(self, trial: optuna.Trial) -> "TrialRun | float":
+        """Suggest the trial's (lr, warmup) and ready its folder and reporter: what trains it, to open and close around
+        its training. A finished twin's value instead, where one exists (TrialPruned where that one was pruned)."""
         self.trial_id = trial_id(self.storage, trial.study, trial.number)
         trial.set_user_attr(TrialAttr.WORKER, this_process())  # which of the processes sharing the study took it
         lr = trial.suggest_float("lr", self.plan.lr_min, self.plan.lr_max, log=True)
@@ -128,15 +139,8 @@ class Objective:
         )
         self.view.trial_started(trial.number, lr=lr, warmup=warmup)
         _record_provenance(trial, config, self.plan)
-        result = self._train(trial, config, out_dir, reporter)
-        _record_result(trial, result)
-        optuna_dashboard.save_note(trial, _note(lr, warmup, values, result, reporter.prune_reason))
-        if self.plan.branches is not None:
-            self.plan.branches.put(config, out_dir)
-        clear_run_folder(out_dir)  # checkpoints only serve a trial that is still running
-        if reporter.prune_reason is not None:
-            raise optuna.TrialPruned(reporter.prune_reason)
-        return result.final_val_loss
+        return TrialRun(self, trial, config=config, out_dir=out_dir, reporter=reporter, lr=lr, warmup=warmup,
+                        values=values)
 
     def _start_folder(self, trial: optuna.Trial, config: TrainConfig, out_dir: Path) -> int | None:
         """Ready the trial's folder: a retry keeps it (and resumes); a fresh trial starts from an empty one, whatever an
@@ -150,48 +154,86 @@ class Objective:
         trial.set_user_attr(TrialAttr.BRANCHED_FROM_STEP, branched_at)
         return branched_at
 
-    def _train(self, trial: optuna.Trial, config: TrainConfig, out_dir: Path, reporter: StepReporter) -> TrainResult:
-        """train() under a heartbeat; whatever happens, the trial keeps why it ended, its wall time and its curve."""
-        fail_reason = None
-        started = time.perf_counter()
+
+class TrialRun:
+    """One trial's training as Objective.begin readied it: `open` before its first step (a heartbeat), `failed` when
+    its training raised, `close` however it ended (the trial keeps why, its wall time and its curve), then `finish`
+    with the result. `training` does the first three around a block; a stack of trials (sweep/stacked.py) calls them
+    as its members join and leave."""
+
+    def __init__(self, objective: Objective, trial: optuna.Trial, *, config: TrainConfig, out_dir: Path,
+                 reporter: StepReporter, lr: float, warmup: int, values: dict[str, float]):
+        self.objective, self.trial, self.config, self.out_dir, self.reporter = objective, trial, config, out_dir, reporter
+        self.lr, self.warmup, self.values = lr, warmup, values
+        self.heartbeat = Heartbeat(objective.storage, objective.trial_id, interval=objective.liveness.interval)
+        self.fail_reason: str | None = None
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def training(self):
+        self.open()
         try:
-            with Heartbeat(self.storage, self.trial_id, interval=self.liveness.interval):
-                return train(config, out_dir=out_dir, callback=reporter, callback_state=reporter.guard)
-        except KeyboardInterrupt:
-            fail_reason = "interrupted"
-            # The next run of the same command picks this up first and resumes from the trial's checkpoint.
-            enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs,
-                          counts=False)
-            raise
-        except StorageFault as error:
-            # The storage failed, not the trial: queue it again, like a dead worker's, to resume from its checkpoint.
-            fail_reason = f"{STORAGE_FAULT}: {error}"
-            if retries(trial.user_attrs) < self.liveness.max_retries:
-                enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs,
-                              counts=True)
-            raise
-        except Exception as error:
-            fail_reason = f"{error.__class__.__name__}: {error}"
+            yield
+        except BaseException as error:
+            self.failed(error)
             raise
         finally:
-            if reporter.prune_reason is not None:
-                trial.set_user_attr(TrialAttr.PRUNE_REASON, reporter.prune_reason)
-            if fail_reason is not None:
-                trial.set_user_attr(TrialAttr.FAIL_REASON, fail_reason)
-            trial.set_user_attr(TrialAttr.WALL_S, round(time.perf_counter() - started, 2))
-            self._save_curve(trial, out_dir, reporter.curve)
+            self.close()
 
-    def _save_curve(self, trial: optuna.Trial, out_dir: Path, curve: list[dict]) -> None:
+    def open(self) -> None:
+        self.started = time.perf_counter()
+        self.heartbeat.__enter__()
+
+    def failed(self, error: BaseException) -> None:
+        """Why the training ended in `error`; an interrupt, or a storage that failed, queues the trial again to resume
+        from its checkpoint (the storage's fault, like a dead worker's, counts towards --max-retries)."""
+        trial = self.trial
+        if isinstance(error, KeyboardInterrupt):
+            self.fail_reason = "interrupted"
+            enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs,
+                          counts=False)
+        elif isinstance(error, StorageFault):
+            self.fail_reason = f"{STORAGE_FAULT}: {error}"
+            if retries(trial.user_attrs) < self.objective.liveness.max_retries:
+                enqueue_retry(trial.study, number=trial.number, params=trial.params, user_attrs=trial.user_attrs,
+                              counts=True)
+        elif isinstance(error, Exception):
+            self.fail_reason = f"{error.__class__.__name__}: {error}"
+
+    def close(self) -> None:
+        self.heartbeat.__exit__(None, None, None)
+        trial, reporter = self.trial, self.reporter
+        if reporter.prune_reason is not None:
+            trial.set_user_attr(TrialAttr.PRUNE_REASON, reporter.prune_reason)
+        if self.fail_reason is not None:
+            trial.set_user_attr(TrialAttr.FAIL_REASON, self.fail_reason)
+        trial.set_user_attr(TrialAttr.WALL_S, round(time.perf_counter() - self.started, 2))
+        self._save_curve()
+
+    def finish(self, result: TrainResult) -> float:
+        """The trial's value from its result (TrialPruned where it was pruned), its attrs and note written, its folder
+        cleared."""
+        trial, reporter = self.trial, self.reporter
+        _record_result(trial, result)
+        optuna_dashboard.save_note(trial, _note(self.lr, self.warmup, self.values, result, reporter.prune_reason))
+        if self.objective.plan.branches is not None:
+            self.objective.plan.branches.put(self.config, self.out_dir)
+        clear_run_folder(self.out_dir)  # checkpoints only serve a trial that is still running
+        if reporter.prune_reason is not None:
+            raise optuna.TrialPruned(reporter.prune_reason)
+        return result.final_val_loss
+
+    def _save_curve(self) -> None:
         """The per-step curve as a CSV artifact, viewable in optuna-dashboard."""
-        if not curve:
+        if not (curve := self.reporter.curve):
             return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"trial-{trial.number}-curve.csv"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"trial-{self.trial.number}-curve.csv"
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
             writer.writeheader()
             writer.writerows(curve)
-        upload_artifact(artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial)
+        upload_artifact(artifact_store=self.objective.artifact_store, file_path=str(path), study_or_trial=self.trial)
 
 
 def _record_provenance(trial: optuna.Trial, config: TrainConfig, plan: TrialPlan) -> None:

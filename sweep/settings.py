@@ -29,6 +29,7 @@ class SweepSettings:
     trials: int | None  # None: the recipe's, or the whole grid
     timeout: float | None
     workers: int
+    stack: int | str  # trials this process trains at once as one stacked model; "auto": as many as fit
     threads: int | None
     worker_index: int | None
     worker_argv: tuple[str, ...]  # the command line each of several --workers processes runs
@@ -54,6 +55,7 @@ class SweepSettings:
         from sweep.plan import TrialPlan
         from sweep.pruning import make_pruner
         from sweep.samplers import make_sampler
+        from sweep.stacked import check_stack
         from sweep.targets import check_trial_places
         from train_core import SHAPES
 
@@ -76,6 +78,7 @@ class SweepSettings:
         )
         make_sampler(self.sampler, seed=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
         make_pruner(self.pruner, steps=steps, warmup_steps=0)
+        check_stack(self.stack, grid_points=self._grid_points(plan))
         check_trial_places(plan)  # the folders its trials delete from
         return plan
 
@@ -86,6 +89,24 @@ class SweepSettings:
         if self.trials:
             return self.trials
         return grid_trials(plan, grid_points=self.grid_points) if self.sampler == "grid" else plan.recipe.search.trials
+
+    def _grid_points(self, plan) -> int | None:
+        """The grid sampler's points (lr x warmup), None for the other samplers."""
+        from sweep.lr import grid_trials
+
+        return grid_trials(plan, grid_points=self.grid_points) - 1 if self.sampler == "grid" else None
+
+    def stack_for(self, plan, *, trials: int) -> int:
+        """The trials this process trains at once: --stack, or with auto as many as fit the device beside the other
+        workers sharing it, no more than the study's trials (or the grid's points)."""
+        from sweep.workers import workers_per_device
+        from train_core import resolve_device, stack_that_fits
+
+        if self.stack != "auto":
+            return self.stack
+        per_device = workers_per_device(workers=self.workers, device_type=resolve_device(plan.recipe.train.device).type)
+        fits = stack_that_fits(plan.recipe.train, processes=per_device) or 1
+        return max(1, min(fits, trials, self._grid_points(plan) or trials))
 
     def ready(self, recipe: Recipe) -> None:
         """Everything that can refuse the sweep, before a study is created: the model must fit this machine once per
@@ -98,7 +119,8 @@ class SweepSettings:
         from train_core import check_fits, open_data, resolve_device
 
         device = resolve_device(recipe.train.device)
-        check_fits(recipe.train, device=device, processes=workers_per_device(workers=self.workers, device_type=device.type))
+        check_fits(recipe.train, device=device, processes=workers_per_device(workers=self.workers, device_type=device.type),
+                   stack=1 if self.stack == "auto" else self.stack)
         check_reachable(self.storage_url)
         open_data(recipe.train.data, vocab_size=recipe.train.model.vocab_size)
         if self.threads:

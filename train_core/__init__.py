@@ -30,6 +30,10 @@ _HOMES = {
     "resolve_device": "train_core.trainer",
     "resolve_dtype": "train_core.trainer",
     "train": "train_core.trainer",
+    # stacked training: several runs of one study at once
+    "StackMember": "train_core.stacked",
+    "stack_that_fits": "train_core.stacked",
+    "train_stacked": "train_core.stacked",
     # model
     "GPT": "train_core.model",
     "GPTConfig": "train_core.model",

@@ -9,7 +9,8 @@ already created its study and failed its first trials. The estimate counts what 
 - where the loss is not chunked (`model.loss`; `auto` on a GPU), the micro-batch's logits and the fp32 log-probabilities
   kept for their gradient: 6 bytes per token and vocabulary entry in 16-bit, 8 in fp32 (4.6 GiB at micro batch 16
   of 1,024 tokens and GPT-2's vocabulary);
-- and all of it once per process training on the same device (`--workers` sharing a CPU or a GPU).
+- and all of it once per process training on the same device (`--workers` sharing a CPU or a GPU), and once per
+  member of a process's stack (`--stack`).
 """
 
 import os
@@ -52,22 +53,24 @@ def device_memory(device: torch.device) -> tuple[int, str] | None:
         return None
 
 
-def check_fits(config: TrainConfig, *, device: torch.device, processes: int = 1) -> None:
+def check_fits(config: TrainConfig, *, device: torch.device, processes: int = 1, stack: int = 1) -> None:
     """InputError in one line, with the estimate and the memory, when `processes` runs of `config` at once (workers
-    sharing the device) cannot fit on `device`."""
+    sharing the device), each training `stack` members at once (train_core/stacked.py), cannot fit on `device`."""
     available = device_memory(device)
     if available is None:
         return
     state, activations = training_bytes(config, device=device)
     memory, what = available
-    if processes * (state + activations) <= memory:
+    if processes * stack * (state + activations) <= memory:
         return
     m = config.model
-    each = f", for each of {processes} workers," if processes > 1 else ""
+    runs = [f"{stack} stacked trials"] * (stack > 1) + [f"{processes} workers"] * (processes > 1)
+    each = f", for each of {' in each of '.join(runs)}," if runs else ""
+    fewer = [", or fewer workers"] * (processes > 1) + [", or a smaller --stack"] * (stack > 1)
     raise InputError(
         f"model n_layer={m.n_layer} n_embd={m.n_embd} (vocab {m.vocab_size}, context {m.block_size}) cannot fit: "
         f"{parameter_count(config) / 1e6:,.0f}M parameters need{each} {state / GIB:,.1f} GiB for weights, gradients "
         f"and AdamW state, plus {activations / GIB:,.1f} GiB of activations at micro batch "
         f"{config.batch.micro_batch_size}, more than {what} ({memory / GIB:,.1f} GiB); use a smaller model or micro "
-        f"batch{', or fewer workers' if processes > 1 else ''}"
+        f"batch{''.join(fewer)}"
     )

@@ -196,15 +196,20 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of predicting targets (B, T) from idx (B, T)."""
-        h = self.hidden_states(idx)
+        return self.output_loss(self.hidden_states(idx), targets, weight=self.transformer.wte.weight)
+
+    def output_loss(self, h: torch.Tensor, targets: torch.Tensor, *, weight: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the logits of hidden states h (B, T, C) under the tied output weight (padded vocab,
+        C) against targets (B, T). The weight is passed in: a stacked run (train_core/stacked.py) passes one member's
+        slice of its stacked embedding."""
         if self.config.parametrization == "mup":
             # --- μP --- logits x α_out/m, applied to the hidden state: the same product on both loss paths, and the
             # tied weight untouched
             h = h * self.output_multiplier
-        h, targets = h.view(-1, h.size(-1)), targets.view(-1)  # (B*T, C), (B*T,)
+        h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)  # (B*T, C), (B*T,)
         if chunked_loss(self.config, device_type=h.device.type):
-            return chunked_cross_entropy(h, self.transformer.wte.weight, targets)
-        return F.cross_entropy(F.linear(h, self.transformer.wte.weight), targets)  # logits (B*T, padded vocab)
+            return chunked_cross_entropy(h, weight, targets)
+        return F.cross_entropy(F.linear(h, weight), targets)  # logits (B*T, padded vocab)
 
     @torch.no_grad()
     def next_token_logits(self, idx: torch.Tensor) -> torch.Tensor:

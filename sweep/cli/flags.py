@@ -33,6 +33,19 @@ positive_int = int_at_least(1, what="a positive integer")
 non_negative_int = int_at_least(0, what="an integer >= 0")
 
 
+def stack_count(text: str) -> int | str:
+    """--stack: a positive count, or auto."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of trials or auto, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -157,6 +170,9 @@ def add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
     parser.add_argument("--ckpt-every", type=positive_int, default=100, help="trial checkpoint interval in steps")
     parser.add_argument("--workers", type=positive_int, default=1,
                         help="worker processes on this machine, splitting its cores (needs a journal, PostgreSQL or Redis storage)")
+    parser.add_argument("--stack", type=stack_count, default=1,
+                        help="trials each worker trains at once as one stacked model (same batches, one pass for all): "
+                        "a count, or auto: as many as fit the device's memory (default 1)")
     parser.add_argument("--threads", type=positive_int, help="torch threads of this process (default: torch's choice)")
     parser.add_argument("--worker-index", type=int,
                         help="this worker's number among several sharing a study (e.g. $SLURM_ARRAY_TASK_ID): varies its proposals")
@@ -179,7 +195,7 @@ def sweep_settings(args):
         pruner=args.pruner, guard_rules=args.guard, grid_points=args.grid_points, lr_min=args.lr_min,
         lr_max=args.lr_max, warmup=args.warmup, params=args.param, schedule=args.schedule, seed=args.seed,
         checkpoint_every=args.ckpt_every, trials=args.trials, timeout=args.timeout, workers=args.workers,
-        threads=args.threads, worker_index=args.worker_index, worker_argv=without_workers(args.argv),
+        stack=args.stack, threads=args.threads, worker_index=args.worker_index, worker_argv=without_workers(args.argv),
         liveness=Liveness(interval=args.heartbeat, grace=args.grace, max_retries=args.max_retries), quiet=args.quiet,
     )
 
