@@ -292,9 +292,9 @@ class Run:
 
 
 class DeviceMark:
-    """A point in the device's queue of work, and when the device got there: on CUDA an event in its stream, timed
-    by the GPU; elsewhere the host's clock, the device's work being done by the time the host moves on (a CPU's is
-    the host's own; on MPS the step's numbers are copied to the host with a wait)."""
+    """A point in the device's queue of work and the time the device reached it: on CUDA an event in the current
+    stream, timed on the GPU; elsewhere the host's clock as the mark is made, the work before it being done by then
+    (a CPU's work is the host's own; on MPS the step's numbers are copied to the host with a wait)."""
 
     def __init__(self, device: torch.device):
         self._time = time.perf_counter()
