@@ -10,9 +10,9 @@ micro-batch of 8) on random-token files, in four recipes:
 - two micro-steps, noise_scale off: the same tokens per step, with gradient accumulation;
 - two micro-steps, noise_scale on: measured from the first micro-batch and the step.
 
-Each comparison is two fresh runs built by the trainer's setup_run, stepped by its train_step (what train() calls):
-a recipe and its baseline take their steps in turn, in the order AB BA AB ..., so that a slow spell of a shared
-machine hits both alike. After WARMUP_STEPS untimed steps a row shows the median ms/step of --steps steps and the
+Each comparison is two fresh runs built by the trainer's setup_run, stepped by its train_step and finish_step (what
+train() calls; here each step is read before the next is queued): a recipe and its baseline take their steps in turn,
+in the order AB BA AB ..., so that a slow spell of a shared machine hits both alike. After WARMUP_STEPS untimed steps a row shows the median ms/step of --steps steps and the
 median of the step-by-step ratios to its baseline. The end-to-end difference of "on" is below this machine's noise,
 so the read itself (the first pass's squared gradient norm and the averages' update) is also timed alone.
 """
@@ -30,8 +30,8 @@ import torch
 from sweep.recipe import load_recipe
 from train_core.config import TrainConfig
 from train_core.data import write_nanogpt_bin
-from train_core.trainer import (Run, device_label, resolve_device, resolve_dtype, setup_run, squared_grad_norm,
-                                train_step)
+from train_core.trainer import (Run, device_label, finish_step, resolve_device, resolve_dtype, setup_run,
+                                squared_grad_norm, train_step)
 
 WARMUP_STEPS = 2  # untimed: first-touch allocations, oneDNN kernel selection
 READ_REPEATS = 50
@@ -74,7 +74,7 @@ def read_ms(run: Run) -> float:
     times = []
     for _ in range(READ_REPEATS):
         start = time.perf_counter()
-        small_sq_norm = squared_grad_norm(run.raw_model).item()  # .item() waits for the GPU, as the step's does
+        small_sq_norm = squared_grad_norm(run.raw_model).item()  # waited for, to time it (a step reads it later)
         run.noise_scale.update(small_sq_norm=small_sq_norm * 4, big_sq_norm=small_sq_norm)  # timed, not read
         times.append((time.perf_counter() - start) * 1000)
     run.optimizer.zero_grad(set_to_none=True)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             ms: dict[str, list[float]] = {recipe: [], baseline: []}
             for step in range(WARMUP_STEPS + args.steps):
                 for name in (runs if step % 2 == 0 else reversed(runs)):
-                    taken = train_step(runs[name], step)
+                    taken = finish_step(runs[name], train_step(runs[name], step))  # read at once: timed alone
                     if step >= WARMUP_STEPS:
                         ms[name].append(taken.seconds * 1000)
             ratio = statistics.median(a / b for a, b in zip(ms[recipe], ms[baseline]))

@@ -9,8 +9,9 @@ run, kept in $LR_SWEEP_CACHE or ~/.cache/lr-sweep and checked now), so that this
 run's divide by the same figure. Then, for each shape at its micro-batch of tokens per step (one micro-step per
 optimizer step) and the full GPT-2 vocab:
 
-- train_core: real optimizer steps through `train_core.train` on random-token files, ms/step from its callback; its
-  loss is the model's default `model.loss: auto`: chunked on a CPU, full logits on CUDA;
+- train_core: real optimizer steps through `train_core.train` on random-token files, ms/step from its callback (the
+  device's time from the end of the step before: the host reads each step one step late); its loss is the model's
+  default `model.loss: auto`: chunked on an eager CPU, full logits on CUDA and compiled;
 - plain: the same model, optimizer, batches and dtype, but nanoGPT's loss (full logits, then F.cross_entropy);
   on CUDA with nanoGPT's pinned, non_blocking batch copies. On CUDA both loops now compute the loss the same way.
 
@@ -98,7 +99,7 @@ def plain_ms(config: TrainConfig) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.optimizer.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss.item()  # train() reads the loss every step too (a sync on CUDA)
+        loss.item()  # as nanoGPT's log line: a wait for the GPU, which times the step
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times[WARMUP_STEPS:])
 

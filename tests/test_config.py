@@ -106,3 +106,22 @@ def test_unknown_loss_path_exits_2_with_one_line_naming_the_allowed_ones(section
     assert said in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("compile, on_cuda, elsewhere", [(False, False, False), (True, True, True), ("auto", True, False)])
+def test_compile_auto_compiles_on_cuda_only(make_config, compile, on_cuda, elsewhere):
+    config = make_config(compile=compile)
+    assert (config.compiled("cuda"), config.compiled("cpu"), config.compiled("mps")) == (on_cuda, elsewhere, elsewhere)
+
+
+def test_compile_takes_true_false_or_auto(make_config):
+    with pytest.raises(InputError, match="compile must be true or false or one of 'auto', got 'yes'"):
+        make_config(compile="yes")
+
+
+@pytest.mark.parametrize("name", ["gpt2-124m", "gpt2-124m-mup", "gpt-30m"])
+def test_the_gpu_recipes_compile_on_cuda_and_run_eagerly_on_a_cpu(name):
+    from sweep.recipe import load_recipe
+
+    config = load_recipe(name).train
+    assert config.compiled("cuda") and not config.compiled("cpu")

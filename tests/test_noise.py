@@ -14,7 +14,7 @@ from train_core.checkpoint import CheckpointManager
 from train_core.data import TokenData
 from train_core.errors import InputError
 from train_core.noise import NoiseScale, unbiased_estimates
-from train_core.trainer import NOISE_SCALE_KEY, build_model, setup_run, train, train_step
+from train_core.trainer import NOISE_SCALE_KEY, build_model, finish_step, setup_run, train, train_step
 
 CPU = torch.device("cpu")
 
@@ -160,7 +160,7 @@ def test_the_trainer_reads_the_first_passs_own_gradient(make_config, mode, batch
     """One step's estimates are those computed from a separate forward/backward of the first pass's sequences."""
     config = make_config(noise_scale=mode, batch=batch)
     run = setup_run(config, checkpoints=None, rank=0, world_size=1)
-    taken = train_step(run, 0)
+    taken = finish_step(run, train_step(run, 0))
 
     data = TokenData.open(config.data.train, vocab_size=config.model.vocab_size)
     x, y = data.get_batch(seed=config.seed, step=0, micro_step=0, rank=0, batch_size=4, block_size=16)

@@ -1,21 +1,25 @@
 """train(): gradient accumulation, learning, the callback seam, non-finite steps, and exact resume from checkpoints."""
 
 import argparse
+import collections
+import functools
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
+import train_core.trainer as trainer
 from train_core.checkpoint import CheckpointManager
 from train_core.data import TokenData, write_nanogpt_bin
 from train_core.errors import InputError
 from train_core.model import GPT
 from train_core.peak import MachinePeak, measure_peak_flops
 from train_core.tokenizer import gpt2_encoding
-from train_core.trainer import build_model, check_resumable, evaluate, make_optimizer, setup_run, train, train_step
+from train_core.trainer import (
+    build_model, check_resumable, evaluate, finish_step, make_optimizer, setup_run, train, train_step,
+)
 
 CPU = torch.device("cpu")
 
@@ -132,24 +136,135 @@ def test_callback_returning_true_stops_the_run(make_config):
     assert seen == [0, 1, 2] and result.steps_done == 3
 
 
-def test_non_finite_step_is_reported_and_not_applied(make_config, tmp_path):
+def test_non_finite_step_is_reported_and_ends_the_run_with_nothing_of_it_kept(make_config, tmp_path):
     # An absurd LR without clipping: the first update blows the weights up, the next forward is not finite.
     config = make_config(schedule={"max_lr": 1e20, "warmup_steps": 0}, optimizer={"grad_clip": 0.0},
                          checkpoint={"interval": 1})
-    seen, optimizer_steps = [], []
-    hook = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: optimizer_steps.append(1))
-    try:
-        result = train(config, out_dir=tmp_path / "run", callback=seen.append)
-    finally:
-        hook.remove()
-    assert result.status == "nonfinite"
+    seen = []
+    result = train(config, out_dir=tmp_path / "run", callback=seen.append)
+    assert result.status == "nonfinite" and result.steps_done == len(seen) and len(seen) < 10
     assert not math.isfinite(seen[-1].loss) and seen[-1].val_loss is None
     assert all(math.isfinite(m.loss) for m in seen[:-1])
-    assert len(optimizer_steps) == len(seen) - 1  # every step but the non-finite one
-    # Nothing from the broken step was saved, and no DONE marker.
+    # The update was applied unread (no wait for the device before it), but nothing of it was saved: the last
+    # checkpoint is the finite state before it, and there is no DONE marker.
     manager = CheckpointManager(tmp_path / "run")
-    assert manager.load_latest()["step"] == len(seen) - 1
+    saved = manager.load_latest()
+    assert saved["step"] == len(seen) - 1 and all(torch.isfinite(w).all() for w in saved["model"].values())
     assert manager.done_summary() is None
+    # Without checkpoints the step after the broken one was queued before it was read: it is dropped as well.
+    again = []
+    unsaved = train(config, callback=again.append)
+    assert [m.step for m in again] == [m.step for m in seen] and unsaved.steps_done == len(seen)
+    assert unsaved.losses[:-1] == result.losses[:-1] and not math.isfinite(unsaved.final_train_loss)
+
+
+# --- one step late: the host reads a step while the device runs the next ----------------------------------------
+
+# The Python reads of a tensor's values: on a GPU each waits for everything queued on the device so far.
+TENSOR_READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """A Counter of reads of tensor values, by method name, from here to the end of the test."""
+    counts = collections.Counter()
+    for name in TENSOR_READS:
+        def counted(self, *args, _read=getattr(torch.Tensor, name), _name=name, **kwargs):
+            counts[_name] += 1
+            return _read(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
+def test_a_step_is_queued_without_reading_a_number_and_read_in_one_go(make_config, host_reads):
+    """Two micro-batches and the noise scale's first-pass norm: a step that used to read three numbers on the way,
+    the first two before its update. Now it reads none; its numbers come in one read, and a run reads once a step
+    and once an evaluation."""
+    config = make_config(batch={"total_batch_size": 2 * 4 * 16, "micro_batch_size": 4})
+    run = setup_run(config, checkpoints=None, rank=0, world_size=1)
+    assert run.noise_scale is not None
+    queued = train_step(run, 0)
+    assert sum(host_reads.values()) == 0
+    finish_step(run, queued)
+    assert host_reads == {"tolist": 1}
+    host_reads.clear()
+    train(config)  # 10 steps; evaluations after 4, 8 and 10
+    assert host_reads == {"tolist": 10, "item": 3}
+
+
+def _log_queued_steps(monkeypatch, events: list) -> None:
+    queue = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step", lambda run, step: events.append(f"queue {step}") or queue(run, step))
+
+
+def test_the_callback_sees_each_step_while_the_next_one_is_queued(make_config, monkeypatch, tmp_path):
+    """Step n+1 is queued before the callback sees step n, except where an evaluation or a checkpoint reads the state
+    step n leaves: there step n+1 waits for them."""
+    events = []
+    _log_queued_steps(monkeypatch, events)
+
+    def see(metrics):
+        events.append(f"see {metrics.step}")
+
+    train(make_config(eval={"interval": 4}), callback=see)  # evaluations after 4, 8 and 10 steps
+    assert events == [f"{what} {step}" for what, step in [
+        ("queue", 0), ("queue", 1), ("see", 0), ("queue", 2), ("see", 1), ("queue", 3), ("see", 2), ("see", 3),
+        ("queue", 4), ("queue", 5), ("see", 4), ("queue", 6), ("see", 5), ("queue", 7), ("see", 6), ("see", 7),
+        ("queue", 8), ("queue", 9), ("see", 8), ("see", 9)]]
+    events.clear()
+    # Checkpoints after 3, 6, 9 and 10 steps, an evaluation after 10.
+    train(make_config(eval={"interval": 10}, checkpoint={"interval": 3}), out_dir=tmp_path / "run", callback=see)
+    assert events == [f"{what} {step}" for what, step in [
+        ("queue", 0), ("queue", 1), ("see", 0), ("queue", 2), ("see", 1), ("see", 2), ("queue", 3), ("queue", 4),
+        ("see", 3), ("queue", 5), ("see", 4), ("see", 5), ("queue", 6), ("queue", 7), ("see", 6), ("queue", 8),
+        ("see", 7), ("see", 8), ("queue", 9), ("see", 9)]]
+
+
+def test_a_stop_drops_the_step_already_queued_and_the_run_resumes_exactly(make_config, monkeypatch, tmp_path):
+    """A callback that stops the run at step 5 (a pruned trial) does so with step 6 already computed: step 6 is in
+    no record (losses, tokens, checkpoints), and resuming continues the uninterrupted run bit for bit. With dropout,
+    the random numbers step 6 drew must not leak into it either."""
+    config = make_config(model={"dropout": 0.1}, checkpoint={"interval": 4})
+    uninterrupted = train(config)
+    events, seen = [], []
+    _log_queued_steps(monkeypatch, events)
+    stopped = train(config, out_dir=tmp_path / "run", callback=lambda m: seen.append(m.step) or m.step == 5)
+    assert events == [f"queue {step}" for step in range(7)] and seen == list(range(6))
+    assert stopped.status == "stopped" and stopped.steps_done == 6 and stopped.tokens_seen == 6 * 64
+    assert stopped.losses == uninterrupted.losses[:6]
+    assert [p.name for p in CheckpointManager(tmp_path / "run").step_files()] == ["step-00000004.pt"]
+    resumed = train(config, out_dir=tmp_path / "run")
+    assert resumed.losses == uninterrupted.losses[4:]  # bitwise
+
+
+@pytest.fixture
+def counted_compiles(monkeypatch):
+    """The graphs torch.compile compiles from here on, through a backend that counts them and runs them as they are:
+    graph breaks and recompiles are Dynamo's, whatever the backend, and this one takes no time."""
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counting_backend))
+    monkeypatch.setattr(trainer, "_COMPILED", {})  # compiled models of other tests are not this backend's
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield graphs
+    torch._dynamo.reset()
+
+
+def test_a_compiled_run_is_one_graph_compiled_once_per_shape_evaluations_included(make_config, counted_compiles):
+    """No graph break, and no recompile for the evaluations (after 3, 6, 9 and 10 steps) or a second trial in the
+    process; a micro-batch of another shape is a second graph."""
+    for run in ({}, {"schedule": {"max_lr": 3e-3}}):
+        assert train(make_config(compile=True, eval={"interval": 3}, **run)).status == "completed"
+    assert len(counted_compiles) == 1
+    train(make_config(compile=True, noise_scale="split"))  # each micro-batch as two halves
+    assert len(counted_compiles) == 2
+    assert not torch._dynamo.utils.counters["graph_break"]
 
 
 # --- resume -----------------------------------------------------------------------------------------------------
@@ -353,11 +468,12 @@ def test_compiled_runs_of_one_process_share_one_compiled_model_and_start_from_th
 
 
 def test_the_loops_steps_called_one_by_one_give_the_losses_train_reports(make_config, tmp_path):
-    """train() is setup_run, then train_step, evaluate and save_checkpoints per step: each a step a test can call."""
+    """train() is setup_run, then train_step, finish_step, evaluate and save_checkpoints per step: each a step a test
+    can call."""
     config = make_config(schedule={"max_steps": 4})
     expected = train(config, out_dir=tmp_path / "whole")
     run = setup_run(config, checkpoints=None, rank=0, world_size=1)
-    steps = [train_step(run, step) for step in range(4)]
+    steps = [finish_step(run, train_step(run, step)) for step in range(4)]
     assert [s.loss for s in steps] == expected.losses  # bitwise
     assert all(s.finite for s in steps) and [s.lr for s in steps] == [config.schedule.lr(i) for i in range(4)]
     assert evaluate(run) == expected.final_val_loss

@@ -157,7 +157,7 @@ class TrainConfig:
     seed: int = 1337  # initial weights and data order; trials of one study share it (paired comparison)
     dtype: Dtype = "auto"  # auto: bfloat16 autocast where the device supports it, else float32
     device: Device = "auto"  # auto: cuda > mps > cpu
-    compile: bool = False  # torch.compile the model
+    compile: bool | Literal["auto"] = False  # torch.compile the model; auto: on CUDA only (see `compiled`)
     peak_flops: float | None = None  # FLOP/s the MFU is measured against; None: measured once on this machine
     # The gradient noise scale B_simple (train_core/noise.py), from the first forward/backward pass of each step and
     # the whole step. "on": where a step has 2 or more passes per process (gradient accumulation), losses unchanged;
@@ -184,6 +184,11 @@ class TrainConfig:
             _check(self.batch.micro_batch_size % 2 == 0, "batch.micro_batch_size", self.batch.micro_batch_size,
                    "even when noise_scale is 'split' (a micro-batch may run as two equal halves)")
         self.grad_accum_steps(world_size=1)
+
+    def compiled(self, device_type: str) -> bool:
+        """Whether the model runs under torch.compile on this kind of device. `auto` (the GPU recipes) compiles on CUDA
+        only, so that the same recipe runs eagerly on a CPU, with the chunked loss measured fastest there."""
+        return self.compile is True or (self.compile == "auto" and device_type == "cuda")
 
     def grad_accum_steps(self, *, world_size: int) -> int:
         """Micro-steps per optimizer step on each of world_size processes; the token budget must split evenly."""

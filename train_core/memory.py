@@ -6,9 +6,9 @@ already created its study and failed its first trials. The estimate counts what 
 - activations kept for the backward pass of one micro-batch: about 34·B·T·d bytes per layer in 16-bit (Korthikanti
   et al. 2022, "Reducing activation recomputation", without the attention-score term, which flash attention avoids),
   twice that in fp32;
-- where the loss is not chunked (`model.loss`; `auto` on a GPU), the micro-batch's logits and the fp32 log-probabilities
-  kept for their gradient: 6 bytes per token and vocabulary entry in 16-bit, 8 in fp32 (4.6 GiB at micro batch 16
-  of 1,024 tokens and GPT-2's vocabulary);
+- where the loss is not chunked (`model.loss`; `auto` on a GPU or compiled), the micro-batch's logits and the fp32
+  log-probabilities kept for their gradient: 6 bytes per token and vocabulary entry in 16-bit, 8 in fp32 (4.6 GiB at
+  micro batch 16 of 1,024 tokens and GPT-2's vocabulary);
 - and all of it once per process training on the same device (`--workers` sharing a CPU or a GPU), and once per
   member of a process's stack (`--stack`).
 """
@@ -38,7 +38,7 @@ def training_bytes(config: TrainConfig, *, device: torch.device) -> tuple[int, i
     m, b = config.model, config.batch
     half = config.dtype in ("bfloat16", "auto")  # auto picks bf16 where the hardware has it: count the smaller
     activations = 34 * b.micro_batch_size * m.block_size * m.n_embd * m.n_layer * (1 if half else 2)
-    if not chunked_loss(m, device_type=device.type):
+    if not chunked_loss(m, device_type=device.type, compiled=config.compiled(device.type)):
         activations += b.micro_batch_size * m.block_size * m.padded_vocab_size * (6 if half else 8)
     return 16 * parameter_count(config), activations
 

@@ -4,7 +4,9 @@ Token + position embeddings, pre-LayerNorm blocks of causal self-attention and a
 and an output projection tied to the token embedding. `loss` picks how the cross-entropy is computed: `chunked`
 (`chunked_cross_entropy`) never materialises the full (tokens x vocab) logits tensor, which on a CPU is most of the
 memory traffic of a small model's step; `full` computes the logits, then F.cross_entropy (nanoGPT's way), which on a
-GPU is faster: there the chunk loop is launch-bound. `auto` takes chunked on a CPU and full elsewhere.
+GPU is faster: there the chunk loop is launch-bound. `auto` takes chunked on a CPU and full elsewhere, and full under
+torch.compile anywhere: the compiler fuses the logits into the cross-entropy itself, and would unroll the chunk loop
+(128 copies at GPT-2's 16k-token micro-batch).
 
 `parametrization: mup` switches to the maximal update parametrization for Adam (Tensor Programs V; nanoGPT-mup's
 table), with width multiplier m = n_embd / mup_base_width and the head count fixed (the head size grows with width):
@@ -33,7 +35,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
     pad_vocab_to: int = 64  # embedding rows are padded to a multiple of this for faster matmuls
-    loss: Literal["auto", "chunked", "full"] = "auto"  # how the cross-entropy is computed; auto: chunked on a CPU only
+    loss: Literal["auto", "chunked", "full"] = "auto"  # how the cross-entropy is computed; auto: chunked on an eager CPU
     init_std: float = 0.02  # σ: the std of the initial weights (GPT-2's 0.02)
     # --- μP ---
     parametrization: Literal["sp", "mup"] = "sp"  # sp: GPT-2 as published; mup: maximal update parametrization
@@ -207,7 +209,7 @@ class GPT(nn.Module):
             # tied weight untouched
             h = h * self.output_multiplier
         h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)  # (B*T, C), (B*T,)
-        if chunked_loss(self.config, device_type=h.device.type):
+        if chunked_loss(self.config, device_type=h.device.type, compiled=torch.compiler.is_compiling()):
             return chunked_cross_entropy(h, weight, targets)
         return F.cross_entropy(F.linear(h, weight), targets)  # logits (B*T, padded vocab)
 
@@ -220,10 +222,10 @@ class GPT(nn.Module):
         return (h @ self.transformer.wte.weight.t())[:, : self.config.vocab_size]  # padded rows are no tokens
 
 
-def chunked_loss(config: GPTConfig, *, device_type: str) -> bool:
+def chunked_loss(config: GPTConfig, *, device_type: str, compiled: bool) -> bool:
     """Whether the loss is computed in chunks on this kind of device: `auto` chunks on a CPU only, where the chunks
-    are sized for its caches (module docstring)."""
-    return config.loss == "chunked" or (config.loss == "auto" and device_type == "cpu")
+    are sized for its caches, and only in an eager model (module docstring)."""
+    return config.loss == "chunked" or (config.loss == "auto" and device_type == "cpu" and not compiled)
 
 
 def chunked_cross_entropy(

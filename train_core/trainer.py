@@ -6,6 +6,13 @@ builds the model, optimizer and data from `config`, resumes from the newest good
 optimizer steps until schedule.max_steps. After each step it calls `callback(metrics)`; a truthy return value stops
 the run. That callback is the only seam to the outside world (the sweep reports to Optuna and prunes through it).
 
+The host reads a step's numbers one step late: it queues step n+1 on the device, then reads step n's loss and grad
+norm and calls the callback while the device runs step n+1 (`finished_steps`). Nothing waits for the device within
+a step. A callback that stops the run (a pruned trial) thus stops it with the next step already computed: that step
+is dropped, in no record (losses, tokens, checkpoints), so a stopped run reports what it reported when steps were read
+at once. Where a step ends at an evaluation or a checkpoint, which read the weights and RNG it leaves, the next step
+is queued only after them.
+
 Data-parallel under torchrun: `torchrun --nproc_per_node 2 -m sweep train ...` splits each step's micro-batches
 across processes (same global batch), averages gradients with DDP, and only rank 0 writes checkpoints and calls
 the callback.
@@ -17,6 +24,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Literal, Protocol
@@ -60,7 +68,7 @@ class StepMetrics:
     grad_norm: float  # global grad norm before clipping
     tokens_seen: int
     tokens_per_s: float
-    ms_per_step: float
+    ms_per_step: float  # from the end of the step before (its start after an evaluation or checkpoint) to its end
     mfu: float  # achieved / peak FLOP/s
     val_loss: float | None = None  # set on steps where an evaluation ran
     noise_scale_tokens: float | None = None  # B_simple so far (train_core/noise.py); None where not (yet) measured
@@ -133,7 +141,7 @@ def build_model(config: TrainConfig, device: torch.device) -> tuple[GPT, torch.n
     """
     torch.manual_seed(config.seed)  # same seed, same initial weights: trials of a study are paired
     fresh = GPT(config.model).to(device)
-    if not config.compile:
+    if not config.compiled(device.type):
         return fresh, fresh
     key = (json.dumps(asdict(config.model), sort_keys=True), str(device))
     if key not in _COMPILED:
@@ -204,18 +212,17 @@ def _train(
         return TrainResult(**done["result"])  # finished earlier: nothing to do
 
     run = setup_run(config, checkpoints=checkpoints, rank=rank, world_size=world_size, callback_state=callback_state)
-    max_steps = config.schedule.max_steps
-    status, steps_done, steps, val_loss = "completed", run.start_step, [], None
-    for step in range(run.start_step, max_steps):
-        taken = train_step(run, step)
+    status, steps, val_loss = "completed", [], None
+    for taken in finished_steps(run):
         steps.append(taken)
-        steps_done = step + 1
-        last = step == max_steps - 1
-        val_loss = evaluate(run) if taken.finite and (steps_done % config.eval.interval == 0 or last) else None
+        steps_done = taken.step + 1
+        val_loss = evaluate(run) if taken.finite and evaluates_after(config, steps_done) else None
         new_best = val_loss is not None and (run.best_val_loss is None or val_loss < run.best_val_loss)
         if new_best:
             run.best_val_loss = val_loss
         stop = bool(callback(step_metrics(run, taken, val_loss=val_loss))) if (callback and run.is_main) else False
+        # Under torchrun, reading the ranks' agreement waits for the step in flight: the device idles while the next
+        # one is queued.
         if world_size > 1:
             stop = _any_rank(stop, run.device)
         if checkpoints and run.is_main and taken.finite:
@@ -227,6 +234,7 @@ def _train(
             status = "stopped"
             break
 
+    steps_done = run.start_step + len(steps)
     if not config.peak_flops and run.is_main:
         run.peak.save()  # a step that beat the kept peak raised it
     if not steps and val_loss is None:
@@ -269,24 +277,65 @@ class Run:
         return self.config.grad_accum_steps(world_size=self.world_size)
 
     @property
+    def passes(self) -> int:
+        """Forward/backward passes per optimizer step on this process (forward_passes)."""
+        return forward_passes(self.config, world_size=self.world_size)
+
+    @property
     def pieces(self) -> int:
         """Forward/backward passes per micro-batch: 2 where noise_scale "split" halves a lone micro-batch, else 1."""
-        return forward_passes(self.config, world_size=self.world_size) // self.grad_accum
+        return self.passes // self.grad_accum
 
     @property
     def tokens_per_step(self) -> int:
         return self.config.batch.total_batch_size
 
 
+class DeviceMark:
+    """A point in the device's queue of work and the time the device reached it: on CUDA an event in the current
+    stream, timed on the GPU; elsewhere the host's clock as the mark is made, the work before it being done by then
+    (a CPU's work is the host's own; on MPS the step's numbers are copied to the host with a wait)."""
+
+    def __init__(self, device: torch.device):
+        self._time = time.perf_counter()
+        self._event = torch.cuda.Event(enable_timing=True) if device.type == "cuda" else None
+        if self._event is not None:
+            self._event.record()
+
+    def wait(self) -> None:
+        """Until the device has got here: not for the work queued after."""
+        if self._event is not None:
+            self._event.synchronize()
+
+    def seconds_since(self, earlier: "DeviceMark") -> float:
+        """Device time from `earlier` to here; both reached (wait)."""
+        if self._event is not None:
+            return earlier._event.elapsed_time(self._event) / 1000
+        return self._time - earlier._time
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueuedStep:
+    """One optimizer step as train_step queued it on the device, its numbers not read yet (finish_step)."""
+
+    step: int
+    lr: float
+    # loss, grad norm[, the first pass's squared grad norm, where the noise scale is measured]: on the host once the
+    # device reaches `done` (on CUDA, pinned memory the device copies into)
+    numbers: torch.Tensor
+    started: DeviceMark
+    done: DeviceMark  # after the step's update and the copy of its numbers
+
+
 @dataclass(frozen=True, kw_only=True)
 class StepTaken:
-    """One optimizer step as train_step took it."""
+    """One optimizer step as the host read it (finish_step)."""
 
     step: int
     lr: float
     loss: float  # mean over the micro-batches; nan/inf when the step was not finite
     grad_norm: float  # before clipping
-    seconds: float
+    seconds: float  # from where the step before ended on the device (or this step's start, after a pause) to its end
 
     @property
     def finite(self) -> bool:
@@ -376,12 +425,42 @@ def restore(state: dict, *, model: GPT, optimizer: torch.optim.Optimizer, device
         torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
 
 
-def train_step(run: Run, step: int) -> StepTaken:
-    """One optimizer step at the schedule's LR: grad_accum micro-batches, clipping; a non-finite step is not applied.
-    Where the noise scale is measured, the first pass's gradient norm is read on the way: no gradient changes."""
-    started = time.perf_counter()
-    config, grad_accum, pieces = run.config, run.grad_accum, run.pieces
-    passes = grad_accum * pieces
+def finished_steps(run: Run) -> Iterator[StepTaken]:
+    """The run's steps from run.start_step on, each handed out once its numbers are on the host, one step late: step
+    n+1 is queued before step n is handed out, so that the device runs it while the caller looks at step n. Not after
+    a step that `pauses_after`: what the caller does then reads the weights and RNG that step leaves. A caller that
+    stops early leaves the queued step unread: it is in no record.
+
+    A step's time runs on the device's clock from where the step before it ended (its start after a pause), so that
+    what the host does meanwhile counts where the device waits for it, and evaluations and checkpoints never do."""
+    in_flight = None  # (the step queued and not read yet, where the step before it ended)
+    previous_done = None  # where the step before ended on the device, unless a pause came after it
+    for step in range(run.start_step, run.config.schedule.max_steps):
+        queued = train_step(run, step)
+        if in_flight is not None:
+            yield finish_step(run, *in_flight)  # the previous step, read while the device runs this one
+        if pauses_after(run, step):
+            since, in_flight, previous_done = previous_done, None, None
+            yield finish_step(run, queued, since)
+        else:
+            in_flight, previous_done = (queued, previous_done), queued.done
+
+
+def pauses_after(run: Run, step: int) -> bool:
+    """Whether the next step waits for this one's numbers: where an evaluation or a checkpoint follows it (the last
+    step has both), which read the state it leaves."""
+    steps_done = step + 1
+    return evaluates_after(run.config, steps_done) or (run.checkpoints is not None
+                                                       and saves_after(run.config, steps_done))
+
+
+def train_step(run: Run, step: int) -> QueuedStep:
+    """Queues one optimizer step at the schedule's LR on the device: grad_accum micro-batches, clipping, the update.
+    Nothing here waits for the device; finish_step reads the step's numbers. A non-finite step is applied too (telling
+    would need its numbers): it ends the run, before anything that is kept evaluates or saves the weights it leaves.
+    Where the noise scale is measured, the first pass's gradient norm is taken on the way: no gradient changes."""
+    started = DeviceMark(run.device)
+    config, passes, pieces = run.config, run.passes, run.pieces
     lr = config.schedule.lr(step)
     for group in run.optimizer.param_groups:
         group["lr"] = lr * group["lr_multiplier"]  # --- μP --- hidden matrices train at lr/m; 1 elsewhere
@@ -407,19 +486,27 @@ def train_step(run: Run, step: int) -> StepTaken:
         if first_pass_sq_norm is not None:  # each process's own first pass: their mean is as unbiased, less noisy
             dist.all_reduce(first_pass_sq_norm, op=dist.ReduceOp.AVG)
     max_norm = config.optimizer.grad_clip if config.optimizer.grad_clip > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), max_norm).item()
-    loss_value = loss_sum.item()
-    finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
-    if finite:
-        run.optimizer.step()  # a non-finite step is never applied
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), max_norm)
+    run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    if first_pass_sq_norm is not None and finite:
-        small_sq_norm = first_pass_sq_norm.item() * passes**2  # the first pass's own mean gradient
+    numbers = [loss_sum, grad_norm] + ([first_pass_sq_norm] if first_pass_sq_norm is not None else [])
+    on_host = torch.stack(numbers).to("cpu", non_blocking=run.device.type == "cuda")
+    return QueuedStep(step=step, lr=lr, numbers=on_host, started=started, done=DeviceMark(run.device))
+
+
+def finish_step(run: Run, queued: QueuedStep, since: DeviceMark | None = None) -> StepTaken:
+    """`queued` as the host reads it, once the device has done it (not the work queued after it: `.item()` would wait
+    for all of that), timed from `since`, else from its start; its gradient norms go into the noise scale. The
+    trainer's one read of a step's numbers."""
+    queued.done.wait()
+    loss, grad_norm, *first_pass_sq_norm = queued.numbers.tolist()
+    taken = StepTaken(step=queued.step, lr=queued.lr, loss=loss, grad_norm=grad_norm,
+                      seconds=queued.done.seconds_since(since or queued.started))
+    if first_pass_sq_norm and taken.finite:
+        small_sq_norm = first_pass_sq_norm[0] * run.passes**2  # the first pass's own mean gradient
         if math.isfinite(small_sq_norm):
             run.noise_scale.update(small_sq_norm=small_sq_norm, big_sq_norm=grad_norm**2)
-    if run.device.type == "cuda":
-        torch.cuda.synchronize()
-    return StepTaken(step=step, lr=lr, loss=loss_value, grad_norm=grad_norm, seconds=time.perf_counter() - started)
+    return taken
 
 
 def squared_grad_norm(model: torch.nn.Module) -> torch.Tensor:
@@ -428,18 +515,24 @@ def squared_grad_norm(model: torch.nn.Module) -> torch.Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).square()
 
 
+def evaluates_after(config: TrainConfig, steps_done: int) -> bool:
+    """Whether the run evaluates once steps_done steps are done: every eval.interval steps and at the end."""
+    return steps_done % config.eval.interval == 0 or steps_done == config.schedule.max_steps
+
+
 def evaluate(run: Run) -> float:
-    """Mean val loss over the config's fixed eval batches (split across ranks)."""
-    config = run.config
-    run.model.eval()
+    """Mean val loss over the config's fixed eval batches (split across ranks), on the model uncompiled: compiled, a
+    no-grad forward in eval mode would be a second graph to compile, for a few forwards every eval.interval steps."""
+    config, model = run.config, run.raw_model
+    model.eval()
     total = torch.zeros((), device=run.device)
     with torch.no_grad(), run.autocast():
         for index in range(run.rank, config.eval.iters, run.world_size):
             batch = run.val_data.val_batch(index, batch_size=config.batch.micro_batch_size,
                                            block_size=config.model.block_size)
             x, y = to_device(*batch, run.device)
-            total += run.model(x, y)
-    run.model.train()
+            total += model(x, y)
+    model.train()
     if run.world_size > 1:
         dist.all_reduce(total)
     return total.item() / config.eval.iters
@@ -479,7 +572,7 @@ def snapshot(run: Run, *, steps_done: int) -> dict:
 
 def save_checkpoints(run: Run, *, steps_done: int, new_best: bool) -> None:
     """The checkpoint policy: a best copy on each new best val loss, one every checkpoint.interval steps and at the
-    end, and (wsd) the state where the cool-down starts, which longer runs branch from."""
+    end, and (wsd) the state where the cool-down starts, which longer runs branch from (saves_after: where)."""
     last = steps_done == run.config.schedule.max_steps
     if new_best:
         run.checkpoints.save_best(snapshot(run, steps_done=steps_done))
@@ -487,6 +580,12 @@ def save_checkpoints(run: Run, *, steps_done: int, new_best: bool) -> None:
         run.checkpoints.save(snapshot(run, steps_done=steps_done), step=steps_done)
     if steps_done == run.config.schedule.stable_end:
         run.checkpoints.save_stable(snapshot(run, steps_done=steps_done), step=steps_done)
+
+
+def saves_after(config: TrainConfig, steps_done: int) -> bool:
+    """Whether save_checkpoints saves a step or stable checkpoint once steps_done steps are done."""
+    schedule = config.schedule
+    return steps_done % config.checkpoint.interval == 0 or steps_done in (schedule.max_steps, schedule.stable_end)
 
 
 def run_result(run: Run, steps: list[StepTaken], *, status: str, steps_done: int, final_val_loss: float | None) -> TrainResult:
