@@ -2,7 +2,7 @@
 model's own sweep says whether they were right.
 
     python benchmarks/predict.py --out runs/predict                                     # 2 CPU cores: about an hour
-    python benchmarks/predict.py --target-width 512 --proxy-steps 100,200,400 --device cuda --out $OUT
+    python benchmarks/predict.py --target-width 512 --proxy-steps 100,200,400 --out $OUT   # on a GPU: the recipe's device auto
 
 1. The proxy (the recipe's model, e.g. mup-proxy at width 64) is swept on one LR grid at several horizons
    (`sweep horizon --steps 50,100,200`), which fits best lr ∝ tokens^b.
