@@ -16,7 +16,7 @@ from sweep.objective import Objective, TrialRun
 from sweep.view import SweepView
 from sweep.record import TrialAttr
 from sweep.workers import Budget
-from train_core import InputError, StackMember, train_stacked
+from train_core import InputError, StackMember, TrainResult, train_stacked
 
 AUTO = "auto"
 
@@ -45,21 +45,33 @@ class StackedTrials:
     def run(self) -> None:
         try:
             for member, result in train_stacked(self._members(), stack=self.stack):
-                run = self.running.pop(id(member))
-                run.close()
-                try:
-                    value = run.finish(result)
-                except optuna.TrialPruned:
-                    self._tell(run.trial, state=TrialState.PRUNED)
-                else:
-                    self._tell(run.trial, values=value)
+                self._finish(self.running.pop(id(member)), result)
         except BaseException as error:
-            for run in self.running.values():  # the stack's step failed: every member with it
-                run.failed(error)
-                run.close()
-                self._tell(run.trial, state=TrialState.FAIL)
-            self.running.clear()
+            self._fail_running(error)
             raise
+
+    def _finish(self, run: TrialRun, result: TrainResult) -> None:
+        run.close()
+        try:
+            value = run.finish(result)
+        except optuna.TrialPruned:
+            self._tell(run.trial, state=TrialState.PRUNED)
+        except Exception as error:  # this trial failed, the stack goes on
+            self._fail(run.trial, error)
+        else:
+            self._tell(run.trial, values=value)
+
+    def _fail_running(self, error: BaseException) -> None:
+        """The stack's step raised `error`: every member fails with it, each with its reason (an interrupt queues each
+        again, to resume from its checkpoint). An interrupt ends the process as it ends study.optimize: the trials are
+        told, and on_finished is not called."""
+        for run in self.running.values():
+            run.failed(error)
+            run.close()
+            frozen = self.study.tell(run.trial, state=TrialState.FAIL, skip_if_finished=True)
+            if isinstance(error, Exception):
+                self.on_finished(self.study, frozen)
+        self.running.clear()
 
     def _members(self) -> Iterator[StackMember | None]:
         """A member for each free slot where a trial may start (a new trial, or a retry, which resumes from its
@@ -74,10 +86,9 @@ class StackedTrials:
             except optuna.TrialPruned:
                 self._tell(trial, state=TrialState.PRUNED)
                 continue
-            except Exception as error:
-                trial.set_user_attr(TrialAttr.FAIL_REASON, f"{error.__class__.__name__}: {error}")
-                self._tell(trial, state=TrialState.FAIL)
-                raise
+            except Exception as error:  # this trial failed, the stack goes on
+                self._fail(trial, error)
+                continue
             if not isinstance(run, TrialRun):
                 self._tell(trial, values=run)
                 continue
@@ -86,6 +97,10 @@ class StackedTrials:
             run.open()
             self.running[id(member)] = run
             yield member
+
+    def _fail(self, trial: optuna.Trial, error: Exception) -> None:
+        trial.set_user_attr(TrialAttr.FAIL_REASON, f"{error.__class__.__name__}: {error}")
+        self._tell(trial, state=TrialState.FAIL)
 
     def _tell(self, trial: optuna.Trial, *, values: float | None = None, state: TrialState | None = None) -> None:
         # A trial another worker declared dead (its heartbeat stalled) stays FAIL: its retry continues the work.

@@ -13,13 +13,16 @@ LRs 1e-3, 4e-3 and 1.6e-2, the top of its search range):
 """
 
 import math
+import signal
 import sysconfig
 
 import numpy as np
 import optuna
 import pytest
 
+import train_core.stacked
 from sweep.cli import main
+from sweep.objective import Objective, StepReporter, TrialRun
 from sweep.plan import TrialPlan
 from sweep.recipe import load_recipe
 from sweep.runs import Runs
@@ -199,6 +202,87 @@ def test_a_stacked_sweep_retries_a_dead_trial_from_its_checkpoint(fp32_study, tm
     (retry,) = [t for t in load(storage).get_trials() if t.user_attrs.get("retry_of") == dead.number]
     assert retry.state == optuna.trial.TrialState.COMPLETE and retry.user_attrs["resumed_at_step"] == 10
     assert abs(retry.value - train(config).final_val_loss) < TINY_TOLERANCE
+
+
+@pytest.mark.slow
+def test_an_interrupted_stack_fails_every_member_and_the_same_command_continues_them(fp32_study, tmp_path, monkeypatch):
+    """A SIGTERM at step 7, taken by the sweep's Interrupts in the second member's report: the first member reported
+    that step, the last two had not. Each ends as an unstacked interrupted trial: FAIL, interrupted, a retry queued
+    that does not count towards --max-retries, and the same command continues all four from their step-5 checkpoints."""
+    storage = str(tmp_path / "s.log")
+    args = ("--pruner", "none", "--trials", "4", "--stack", "4", "--ckpt-every", "5")
+    report = StepReporter.__call__
+
+    def sigterm_at_step_7_of_trial_1(reporter: StepReporter, metrics) -> bool:
+        if reporter.trial.number == 1 and metrics.step == 7:
+            signal.raise_signal(signal.SIGTERM)  # as a scheduler sends it
+        return report(reporter, metrics)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StepReporter, "__call__", sigterm_at_step_7_of_trial_1)
+        assert run_lr(fp32_study, storage, *args) == 130
+    trials = load(storage).get_trials()
+    assert [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in trials[:4]] == [
+        (n, optuna.trial.TrialState.FAIL, "interrupted") for n in range(4)]
+    retries = trials[4:]
+    assert [(t.state, t.user_attrs["retry_of"], t.user_attrs["retries"]) for t in retries] == [
+        (optuna.trial.TrialState.WAITING, n, 0) for n in range(4)]
+
+    assert run_lr(fp32_study, storage, *args) == 0
+    retries = load(storage).get_trials()[4:]
+    assert [(t.state, t.user_attrs["resumed_at_step"]) for t in retries] == [
+        (optuna.trial.TrialState.COMPLETE, 5)] * 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stack", "code", "completed"), [(2, 0, 3), (3, 1, 0)])
+def test_a_stack_whose_step_fails_fails_every_member_and_the_sweep_goes_on(fp32_study, tmp_path, monkeypatch, capsys,
+                                                                           stack, code, completed):
+    """An error inside the stacked step fails each of its members with the reason, as study.optimize's catch does for
+    one trial, and the next stack trains the trials the budget still asks for; unless those were the third failure in
+    a row, which stops a sweep stacked or not (exit 1)."""
+    calls = []
+    step = train_core.stacked.stacked_step
+
+    def fails_at_the_third_step(slots):
+        calls.append(len(slots))
+        if len(calls) == 3:
+            raise RuntimeError("the device fell over")
+        return step(slots)
+
+    monkeypatch.setattr(train_core.stacked, "stacked_step", fails_at_the_third_step)
+    storage = str(tmp_path / "s.log")
+    assert run_lr(fp32_study, storage, "--pruner", "none", "--trials", "3", "--stack", str(stack)) == code
+    assert "warning: a stack of trials failed: RuntimeError: the device fell over" in capsys.readouterr().err
+    trials = load(storage).get_trials()
+    assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials[:stack]] == [
+        (optuna.trial.TrialState.FAIL, "RuntimeError: the device fell over")] * stack
+    assert [t.state for t in trials[stack:]] == [optuna.trial.TrialState.COMPLETE] * completed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("owner", "stage", "trial_of"), [
+    (Objective, "begin", lambda objective, trial: trial),
+    (TrialRun, "finish", lambda run, result: run.trial),
+])
+def test_a_trial_that_fails_to_start_or_to_finish_fails_alone(fp32_study, tmp_path, monkeypatch, owner, stage,
+                                                              trial_of):
+    """Readying a trial and recording its result happen outside the stacked step: a failure there is that trial's
+    alone, as unstacked, and the stack goes on."""
+    original = getattr(owner, stage)
+
+    def fails_for_trial_1(self, arg):
+        if trial_of(self, arg).number == 1:
+            raise RuntimeError("no room left")
+        return original(self, arg)
+
+    monkeypatch.setattr(owner, stage, fails_for_trial_1)
+    storage = str(tmp_path / "s.log")
+    assert run_lr(fp32_study, storage, "--pruner", "none", "--trials", "3", "--stack", "2") == 0
+    trials = load(storage).get_trials()
+    assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [
+        (optuna.trial.TrialState.FAIL, "RuntimeError: no room left") if t.number == 1 else
+        (optuna.trial.TrialState.COMPLETE, None) for t in trials] and len(trials) == 4
 
 
 # --- bad input: exit 2, one line, nothing written -----------------------------------------------------------------
