@@ -149,6 +149,14 @@ def test_a_non_finite_member_ends_alone(make_config):
     assert max_difference(results[id(steady)].losses, train(steady).losses) < TINY_TOLERANCE
 
 
+def test_members_of_a_compiled_recipe_train_their_own_models_uncompiled(make_config):
+    """A process compiles one model per model config (trainer.build_model): stacked members would share it."""
+    configs = [make_config(compile=True, **schedule(lr, 0)) for lr in (3e-3, 3e-2)]
+    for config, losses in zip(configs, stacked_losses(configs, stack=2)):
+        twin = train(TrainConfig.from_dict(config.to_dict() | {"compile": False}))
+        assert max_difference(losses, twin.losses) < TINY_TOLERANCE
+
+
 # --- the sweep: trials as always ----------------------------------------------------------------------------------
 
 
