@@ -16,19 +16,23 @@ from sweep.objective import Objective, TrialRun
 from sweep.view import SweepView
 from sweep.record import TrialAttr
 from sweep.workers import Budget
-from train_core import InputError, StackMember, TrainResult, train_stacked
+from train_core import MEMBER_SECTIONS, InputError, StackMember, TrainResult, train_stacked
 
 AUTO = "auto"
 
 
-def check_stack(stack: int | str, *, grid_points: int | None) -> None:
+def check_stack(stack: int | str, *, grid_points: int | None, swept: tuple[str, ...]) -> None:
     """`--stack` must be a positive count or auto, and no more trials than the sampler can propose at once: a grid
-    sampler (grid_points: its points; None for the others) proposes each point once."""
+    sampler (grid_points: its points; None for the others) proposes each point once. The members of a stack differ
+    only in MEMBER_SECTIONS: a sweep of further recipe keys (`swept`) has trials that cannot share one."""
     if stack != AUTO and (not isinstance(stack, int) or stack < 1):
         raise InputError(f"--stack must be a positive number of trials or {AUTO}, got {stack!r}")
     if isinstance(stack, int) and grid_points is not None and stack > grid_points:
         raise InputError(f"--stack {stack} needs {stack} different trials at once, but the grid sampler has "
                          f"{grid_points} points; give --stack {grid_points} or less, or more --grid-points")
+    if stack != 1 and (unstackable := [key for key in swept if key.split(".")[0] not in MEMBER_SECTIONS]):
+        raise InputError(f"--stack {stack} trains trials that differ only in {', '.join(MEMBER_SECTIONS)}, but this "
+                         f"sweep varies {', '.join(unstackable)} from trial to trial; leave --stack out for it")
 
 
 class StackedTrials:

@@ -299,6 +299,9 @@ def test_a_trial_that_fails_to_start_or_to_finish_fails_alone(fp32_study, tmp_pa
 @pytest.mark.parametrize(("flags", "says"), [
     (["--stack", "0"], "--stack: must be a positive number of trials or auto, got '0'"),
     (["--stack", "8", "--sampler", "grid", "--grid-points", "2"], "the grid sampler has 6 points"),
+    (["--stack", "auto", "--param", "optimizer.weight_decay=0:0.2"],
+     "--stack auto trains trials that differ only in schedule, eval, checkpoint, but this sweep varies "
+     "optimizer.weight_decay from trial to trial"),
 ])
 def test_bad_stacks_exit_2_in_one_line(study, tmp_path, capsys, flags, says):
     code = main(["lr", "--study", str(study), "--steps", str(STEPS), "--storage", str(tmp_path / "s.log"), *flags])
