@@ -250,7 +250,9 @@ def check_study_exists(storage: optuna.storages.BaseStorage, *, storage_url: str
 
 
 class _FailureStreak:
-    """Stops the study after MAX_CONSECUTIVE_FAILURES failed trials in a row: the cause is not the hyperparameters."""
+    """Stops the worker loop after MAX_CONSECUTIVE_FAILURES failed trials in a row: the cause is not the
+    hyperparameters. Told each trial as it ends (an Optuna callback; a stack calls it outside study.optimize, where
+    study.stop() raises: the loop checks `stopped` before each trial or stack instead)."""
 
     def __init__(self):
         self.streak = 0
@@ -262,7 +264,6 @@ class _FailureStreak:
         self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
         if self.streak >= MAX_CONSECUTIVE_FAILURES:
             self.stopped = True
-            study.stop()
 
 
 def stored_lr_bounds(*, storage: optuna.storages.BaseStorage, study_name: str) -> list[float] | None:

@@ -78,7 +78,7 @@ class SweepSettings:
         )
         make_sampler(self.sampler, seed=0, worker=0, n_startup_trials=1, grid={"lr": [1.0]})  # checks the name
         make_pruner(self.pruner, steps=steps, warmup_steps=0)
-        check_stack(self.stack, grid_points=self._grid_points(plan))
+        check_stack(self.stack, grid_points=self._grid_points(plan), swept=tuple(p.key for p in plan.params))
         check_trial_places(plan)  # the folders its trials delete from
         return plan
 

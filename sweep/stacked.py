@@ -16,19 +16,23 @@ from sweep.objective import Objective, TrialRun
 from sweep.view import SweepView
 from sweep.record import TrialAttr
 from sweep.workers import Budget
-from train_core import InputError, StackMember, train_stacked
+from train_core import MEMBER_SECTIONS, InputError, StackMember, TrainResult, train_stacked
 
 AUTO = "auto"
 
 
-def check_stack(stack: int | str, *, grid_points: int | None) -> None:
+def check_stack(stack: int | str, *, grid_points: int | None, swept: tuple[str, ...]) -> None:
     """`--stack` must be a positive count or auto, and no more trials than the sampler can propose at once: a grid
-    sampler (grid_points: its points; None for the others) proposes each point once."""
+    sampler (grid_points: its points; None for the others) proposes each point once. The members of a stack differ
+    only in MEMBER_SECTIONS: a sweep of further recipe keys (`swept`) has trials that cannot share one."""
     if stack != AUTO and (not isinstance(stack, int) or stack < 1):
         raise InputError(f"--stack must be a positive number of trials or {AUTO}, got {stack!r}")
     if isinstance(stack, int) and grid_points is not None and stack > grid_points:
         raise InputError(f"--stack {stack} needs {stack} different trials at once, but the grid sampler has "
                          f"{grid_points} points; give --stack {grid_points} or less, or more --grid-points")
+    if stack != 1 and (unstackable := [key for key in swept if key.split(".")[0] not in MEMBER_SECTIONS]):
+        raise InputError(f"--stack {stack} trains trials that differ only in {', '.join(MEMBER_SECTIONS)}, but this "
+                         f"sweep varies {', '.join(unstackable)} from trial to trial; leave --stack out for it")
 
 
 class StackedTrials:
@@ -45,21 +49,33 @@ class StackedTrials:
     def run(self) -> None:
         try:
             for member, result in train_stacked(self._members(), stack=self.stack):
-                run = self.running.pop(id(member))
-                run.close()
-                try:
-                    value = run.finish(result)
-                except optuna.TrialPruned:
-                    self._tell(run.trial, state=TrialState.PRUNED)
-                else:
-                    self._tell(run.trial, values=value)
+                self._finish(self.running.pop(id(member)), result)
         except BaseException as error:
-            for run in self.running.values():  # the stack's step failed: every member with it
-                run.failed(error)
-                run.close()
-                self._tell(run.trial, state=TrialState.FAIL)
-            self.running.clear()
+            self._fail_running(error)
             raise
+
+    def _finish(self, run: TrialRun, result: TrainResult) -> None:
+        run.close()
+        try:
+            value = run.finish(result)
+        except optuna.TrialPruned:
+            self._tell(run.trial, state=TrialState.PRUNED)
+        except Exception as error:  # this trial failed, the stack goes on
+            self._fail(run.trial, error)
+        else:
+            self._tell(run.trial, values=value)
+
+    def _fail_running(self, error: BaseException) -> None:
+        """The stack's step raised `error`: every member fails with it, each with its reason (an interrupt queues each
+        again, to resume from its checkpoint). An interrupt ends the process as it ends study.optimize: the trials are
+        told, and on_finished is not called."""
+        for run in self.running.values():
+            run.failed(error)
+            run.close()
+            frozen = self.study.tell(run.trial, state=TrialState.FAIL, skip_if_finished=True)
+            if isinstance(error, Exception):
+                self.on_finished(self.study, frozen)
+        self.running.clear()
 
     def _members(self) -> Iterator[StackMember | None]:
         """A member for each free slot where a trial may start (a new trial, or a retry, which resumes from its
@@ -74,10 +90,9 @@ class StackedTrials:
             except optuna.TrialPruned:
                 self._tell(trial, state=TrialState.PRUNED)
                 continue
-            except Exception as error:
-                trial.set_user_attr(TrialAttr.FAIL_REASON, f"{error.__class__.__name__}: {error}")
-                self._tell(trial, state=TrialState.FAIL)
-                raise
+            except Exception as error:  # this trial failed, the stack goes on
+                self._fail(trial, error)
+                continue
             if not isinstance(run, TrialRun):
                 self._tell(trial, values=run)
                 continue
@@ -86,6 +101,10 @@ class StackedTrials:
             run.open()
             self.running[id(member)] = run
             yield member
+
+    def _fail(self, trial: optuna.Trial, error: Exception) -> None:
+        trial.set_user_attr(TrialAttr.FAIL_REASON, f"{error.__class__.__name__}: {error}")
+        self._tell(trial, state=TrialState.FAIL)
 
     def _tell(self, trial: optuna.Trial, *, values: float | None = None, state: TrialState | None = None) -> None:
         # A trial another worker declared dead (its heartbeat stalled) stays FAIL: its retry continues the work.

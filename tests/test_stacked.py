@@ -13,13 +13,16 @@ LRs 1e-3, 4e-3 and 1.6e-2, the top of its search range):
 """
 
 import math
+import signal
 import sysconfig
 
 import numpy as np
 import optuna
 import pytest
 
+import train_core.stacked
 from sweep.cli import main
+from sweep.objective import Objective, StepReporter, TrialRun
 from sweep.plan import TrialPlan
 from sweep.recipe import load_recipe
 from sweep.runs import Runs
@@ -146,6 +149,14 @@ def test_a_non_finite_member_ends_alone(make_config):
     assert max_difference(results[id(steady)].losses, train(steady).losses) < TINY_TOLERANCE
 
 
+def test_members_of_a_compiled_recipe_train_their_own_models_uncompiled(make_config):
+    """A process compiles one model per model config (trainer.build_model): stacked members would share it."""
+    configs = [make_config(compile=True, **schedule(lr, 0)) for lr in (3e-3, 3e-2)]
+    for config, losses in zip(configs, stacked_losses(configs, stack=2)):
+        twin = train(TrainConfig.from_dict(config.to_dict() | {"compile": False}))
+        assert max_difference(losses, twin.losses) < TINY_TOLERANCE
+
+
 # --- the sweep: trials as always ----------------------------------------------------------------------------------
 
 
@@ -201,12 +212,96 @@ def test_a_stacked_sweep_retries_a_dead_trial_from_its_checkpoint(fp32_study, tm
     assert abs(retry.value - train(config).final_val_loss) < TINY_TOLERANCE
 
 
+@pytest.mark.slow
+def test_an_interrupted_stack_fails_every_member_and_the_same_command_continues_them(fp32_study, tmp_path, monkeypatch):
+    """A SIGTERM at step 7, taken by the sweep's Interrupts in the second member's report: the first member reported
+    that step, the last two had not. Each ends as an unstacked interrupted trial: FAIL, interrupted, a retry queued
+    that does not count towards --max-retries, and the same command continues all four from their step-5 checkpoints."""
+    storage = str(tmp_path / "s.log")
+    args = ("--pruner", "none", "--trials", "4", "--stack", "4", "--ckpt-every", "5")
+    report = StepReporter.__call__
+
+    def sigterm_at_step_7_of_trial_1(reporter: StepReporter, metrics) -> bool:
+        if reporter.trial.number == 1 and metrics.step == 7:
+            signal.raise_signal(signal.SIGTERM)  # as a scheduler sends it
+        return report(reporter, metrics)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StepReporter, "__call__", sigterm_at_step_7_of_trial_1)
+        assert run_lr(fp32_study, storage, *args) == 130
+    trials = load(storage).get_trials()
+    assert [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in trials[:4]] == [
+        (n, optuna.trial.TrialState.FAIL, "interrupted") for n in range(4)]
+    retries = trials[4:]
+    assert [(t.state, t.user_attrs["retry_of"], t.user_attrs["retries"]) for t in retries] == [
+        (optuna.trial.TrialState.WAITING, n, 0) for n in range(4)]
+
+    assert run_lr(fp32_study, storage, *args) == 0
+    retries = load(storage).get_trials()[4:]
+    assert [(t.state, t.user_attrs["resumed_at_step"]) for t in retries] == [
+        (optuna.trial.TrialState.COMPLETE, 5)] * 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stack", "code", "completed"), [(2, 0, 3), (3, 1, 0)])
+def test_a_stack_whose_step_fails_fails_every_member_and_the_sweep_goes_on(fp32_study, tmp_path, monkeypatch, capsys,
+                                                                           stack, code, completed):
+    """An error inside the stacked step fails each of its members with the reason, as study.optimize's catch does for
+    one trial, and the next stack trains the trials the budget still asks for; unless those were the third failure in
+    a row, which stops a sweep stacked or not (exit 1)."""
+    calls = []
+    step = train_core.stacked.stacked_step
+
+    def fails_at_the_third_step(slots):
+        calls.append(len(slots))
+        if len(calls) == 3:
+            raise RuntimeError("the device fell over")
+        return step(slots)
+
+    monkeypatch.setattr(train_core.stacked, "stacked_step", fails_at_the_third_step)
+    storage = str(tmp_path / "s.log")
+    assert run_lr(fp32_study, storage, "--pruner", "none", "--trials", "3", "--stack", str(stack)) == code
+    assert "warning: a stack of trials failed: RuntimeError: the device fell over" in capsys.readouterr().err
+    trials = load(storage).get_trials()
+    assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials[:stack]] == [
+        (optuna.trial.TrialState.FAIL, "RuntimeError: the device fell over")] * stack
+    assert [t.state for t in trials[stack:]] == [optuna.trial.TrialState.COMPLETE] * completed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("owner", "stage", "trial_of"), [
+    (Objective, "begin", lambda objective, trial: trial),
+    (TrialRun, "finish", lambda run, result: run.trial),
+])
+def test_a_trial_that_fails_to_start_or_to_finish_fails_alone(fp32_study, tmp_path, monkeypatch, owner, stage,
+                                                              trial_of):
+    """Readying a trial and recording its result happen outside the stacked step: a failure there is that trial's
+    alone, as unstacked, and the stack goes on."""
+    original = getattr(owner, stage)
+
+    def fails_for_trial_1(self, arg):
+        if trial_of(self, arg).number == 1:
+            raise RuntimeError("no room left")
+        return original(self, arg)
+
+    monkeypatch.setattr(owner, stage, fails_for_trial_1)
+    storage = str(tmp_path / "s.log")
+    assert run_lr(fp32_study, storage, "--pruner", "none", "--trials", "3", "--stack", "2") == 0
+    trials = load(storage).get_trials()
+    assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [
+        (optuna.trial.TrialState.FAIL, "RuntimeError: no room left") if t.number == 1 else
+        (optuna.trial.TrialState.COMPLETE, None) for t in trials] and len(trials) == 4
+
+
 # --- bad input: exit 2, one line, nothing written -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("flags", "says"), [
     (["--stack", "0"], "--stack: must be a positive number of trials or auto, got '0'"),
     (["--stack", "8", "--sampler", "grid", "--grid-points", "2"], "the grid sampler has 6 points"),
+    (["--stack", "auto", "--param", "optimizer.weight_decay=0:0.2"],
+     "--stack auto trains trials that differ only in schedule, eval, checkpoint, but this sweep varies "
+     "optimizer.weight_decay from trial to trial"),
 ])
 def test_bad_stacks_exit_2_in_one_line(study, tmp_path, capsys, flags, says):
     code = main(["lr", "--study", str(study), "--steps", str(STEPS), "--storage", str(tmp_path / "s.log"), *flags])

@@ -31,6 +31,7 @@ _HOMES = {
     "resolve_dtype": "train_core.trainer",
     "train": "train_core.trainer",
     # stacked training: several runs of one study at once
+    "MEMBER_SECTIONS": "train_core.stacked",
     "StackMember": "train_core.stacked",
     "stack_that_fits": "train_core.stacked",
     "train_stacked": "train_core.stacked",

@@ -18,7 +18,7 @@ trains on its own step's batch).
 What stacking changes: a member's numbers differ from its unstacked twin's by rounding only (batched matmuls sum in
 another order); its step time is its share of the stack's step (the step's time / members), so that the members'
 tokens/s and MFU add up to the process's. Not measured in a stack: the gradient noise scale (noise_scale_tokens is
-None), and a lone micro-batch is not split for it.
+None), and a lone micro-batch is not split for it. Not applied: `compile` (members train uncompiled).
 """
 
 import dataclasses
@@ -119,7 +119,10 @@ def _join(member: StackMember) -> "_Slot | TrainResult":
     if checkpoints and (done := checkpoints.done_summary()) is not None:
         check_resumable(done["config"], config, member.out_dir)
         return TrainResult(**done["result"])
-    run = setup_run(config, checkpoints=checkpoints, rank=0, world_size=1, callback_state=member.callback_state)
+    # A stack runs its members' own models, uncompiled; and build_model's compiled model is one per process, which
+    # every member that compiles would share.
+    run = setup_run(dataclasses.replace(config, compile=False), checkpoints=checkpoints, rank=0, world_size=1,
+                    callback_state=member.callback_state)
     slot = _Slot(member=member, run=run, step=run.start_step)
     if slot.step == config.schedule.max_steps:  # resumed from the final checkpoint of a run that died before DONE
         return _finish(slot, status="completed", val_loss=evaluate(run))
