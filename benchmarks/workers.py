@@ -1,7 +1,8 @@
 """Several workers on one machine, and what the storage costs each trial; measured in one run on this machine.
 
     python benchmarks/workers.py [--trials 8] [--steps 100] [--shapes tiny,small] [--postgres URL] [--redis URL]
-    python benchmarks/workers.py --compare-workers 1,4 [--study default] [--trials 8] [--steps 300]
+    python benchmarks/workers.py --compare-workers 1,4 [--compare-stacks 1,4,8,16] [--study default] [--trials 8]
+        [--steps 300]
 
 1. Throughput. The same sweep (journal file, pruning off so that every trial runs all its steps) run as the
    baseline, 1 worker with 2 torch threads (`--threads 2`), and as `--workers 2` (2 processes, 1 thread each).
@@ -14,9 +15,11 @@
    (without should_prune). Median of --repeats trials. Baseline: the journal file. PostgreSQL and Redis are skipped
    with the reason when they do not answer; their studies and keys are deleted afterwards.
 
-3. --compare-workers 1,4 (alone): a study (by default the default study, `device: auto`: on a GPU machine every
-   worker shares its GPU, or gets its own on a node of several) swept as `--workers 1`, then `--workers 4`, ...
-   (journal file, pruning off, the embedded corpus prepared before the clock starts): trials/hour as in 1.
+3. --compare-workers 1,4 and/or --compare-stacks 1,4,8,16 (alone): a study (by default the default study,
+   `device: auto`: on a GPU machine every worker shares its GPU, or gets its own on a node of several) swept as
+   `--workers 1`, then `--workers 4`, ..., then on one worker as `--stack 1` (run once where it is the same
+   layout as `--workers 1`), `--stack 4`, ... (journal file, pruning off, the study's sampler, the embedded corpus
+   prepared before the clock starts): trials/hour as in 1, against the first layout's.
 
 Other processes on the 2 cores skew every number: compare rows of the same run only.
 """
@@ -99,8 +102,8 @@ def sweep_rate(study_file: Path, folder: Path, *, name: str, trials: int, steps:
             "steady_per_hour": len(finished) / span * 3600}
 
 
-def compare_workers(console, study: str, counts: list[int], *, trials: int, steps: int) -> None:
-    """Part 3: the study swept with each worker count in turn; trials/hour against the first count."""
+def compare_layouts(console, study: str, layouts: list[tuple[int, int]], *, trials: int, steps: int) -> None:
+    """Part 3: the study swept as each (workers, stack) layout in turn; trials/hour against the first layout."""
     from sweep.recipe import load_recipe, study_file
     from train_core import ensure_corpus
 
@@ -109,21 +112,24 @@ def compare_workers(console, study: str, counts: list[int], *, trials: int, step
     data = recipe.train.data
     table = rich.table.Table(box=rich.box.SIMPLE, title=f"{recipe.name} study: {trials} trials x {steps} steps, "
                                                         "journal file, pruning off")
-    for column in ("workers", "trials", "wall s", "trials/h", "vs first", "steady trials/h", "vs first"):
+    for column in ("workers", "stack", "trials", "wall s", "trials/h", "vs first", "steady trials/h", "vs first"):
         table.add_column(column, justify="right", no_wrap=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if data.corpus is not None:  # prepared once here (data/ under the runs' folder), not inside a timed run
             ensure_corpus(data.corpus, data_root=folder / "data", progress=False)
         rows = {}
-        for count in counts:
-            with console.status(f"--workers {count}"):
-                rows[count] = sweep_rate(recipe_path, folder, name=f"workers{count}", trials=trials, steps=steps,
-                                         parallel=["--workers", str(count)])
-            row, base = rows[count], rows[counts[0]]
-            console.print(f"  --workers {count}: {row['trials']} trials in {row['wall']:.1f}s, {row['per_hour']:,.0f} "
-                          f"trials/h ({row['steady_per_hour']:,.0f} steady)", highlight=False)  # as it comes
-            table.add_row(str(count), str(row["trials"]), f"{row['wall']:.1f}", f"{row['per_hour']:,.0f}",
+        for workers, stack in layouts:
+            flags = f"--workers {workers} --stack {stack}"
+            with console.status(flags):
+                rows[workers, stack] = sweep_rate(recipe_path, folder, name=f"workers{workers}-stack{stack}",
+                                                  trials=trials, steps=steps, parallel=flags.split())
+            row, base = rows[workers, stack], rows[layouts[0]]
+            console.print(f"  {flags}: {row['trials']} trials in {row['wall']:.1f}s, {row['per_hour']:,.0f} "
+                          f"trials/h ({row['per_hour'] / base['per_hour']:.2f}x), {row['steady_per_hour']:,.0f} "
+                          f"steady ({row['steady_per_hour'] / base['steady_per_hour']:.2f}x)",
+                          highlight=False)  # as it comes, so that a run cut short keeps what it measured
+            table.add_row(str(workers), str(stack), str(row["trials"]), f"{row['wall']:.1f}", f"{row['per_hour']:,.0f}",
                           f"{row['per_hour'] / base['per_hour']:.2f}x", f"{row['steady_per_hour']:,.0f}",
                           f"{row['steady_per_hour'] / base['steady_per_hour']:.2f}x")
     console.print(table)
@@ -248,6 +254,17 @@ def storage_costs(console, backends: dict, *, repeats: int) -> None:
     console.print(table)
 
 
+def positive_counts(parser: argparse.ArgumentParser, flag: str, text: str | None) -> list[int]:
+    """`flag`'s comma-separated positive counts ("1,4"); none where the flag is not given."""
+    try:
+        counts = [int(c) for c in text.split(",")] if text else []
+    except ValueError:
+        counts = [0]
+    if counts and min(counts) < 1:
+        parser.error(f"{flag} takes positive counts like 1,4, got {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=8, help="trials per sweep in the throughput runs")
@@ -258,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--compare-workers", help="comma-separated worker counts, e.g. 1,4: part 3 alone")
+    parser.add_argument("--compare-stacks", help="comma-separated --stack sizes, e.g. 1,4,8,16, each on one worker: "
+                        "part 3 alone, after the worker counts")
     parser.add_argument("--study", default="default", help="the study part 3 sweeps (default: default)")
     args = parser.parse_args(argv)
     shapes = args.shapes.split(",")
@@ -267,14 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     console = rich.console.Console()
     console.width = max(console.width, 110)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.compare_workers:
-        try:
-            counts = [int(c) for c in args.compare_workers.split(",")]
-        except ValueError:
-            counts = []
-        if not counts or min(counts) < 1:
-            parser.error(f"--compare-workers takes positive worker counts like 1,4, got {args.compare_workers!r}")
-        compare_workers(console, args.study, counts, trials=args.trials, steps=args.steps)
+    if args.compare_workers or args.compare_stacks:
+        counts = {flag: positive_counts(parser, flag, text) for flag, text in
+                  (("--compare-workers", args.compare_workers), ("--compare-stacks", args.compare_stacks))}
+        layouts = [(workers, 1) for workers in counts["--compare-workers"]]
+        layouts += [(1, stack) for stack in counts["--compare-stacks"]]
+        compare_layouts(console, args.study, list(dict.fromkeys(layouts)), trials=args.trials, steps=args.steps)
         return 0
     if not args.skip_throughput:
         throughput(console, shapes, trials=args.trials, steps=args.steps)

@@ -59,6 +59,7 @@ _HOMES = {
     "check_fits": "train_core.memory",
     # peak
     "MachinePeak": "train_core.peak",
+    "measure_peak_flops": "train_core.peak",
     # files
     "atomic_write": "train_core.files",
     # targets: what a run folder, a prepare folder and the files beside them look like
