@@ -123,13 +123,3 @@ def test_predict_composes_horizon_and_width_and_checks_it_against_the_targets_ow
     assert target["predicted_over_best"] == prediction["lr"] / target["best_lr"]
     assert len(band["losses_at_predicted"]) == len(band["losses_at_best"]) == 2
     assert "predicted_over_best" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_stacked_sweeps_a_study_with_each_stack_size(tmp_path, capsys):
-    study = write_study(tmp_path / "tiny.yaml", study_values(write_token_files(tmp_path / "tokens")))
-    assert _load("stacked").main(["--study", str(study), "--stacks", "1,2", "--trials", "2", "--steps", "3",
-                                  "--threads", "1"]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
-    table = [row for row in rows if len(row) == 5 and row[0] in ("1", "2")]  # stack, trials, wall s, per hour, x
-    assert [row[:2] for row in table] == [["1", "2"], ["2", "2"]] and table[0][4] == "1.00", rows
