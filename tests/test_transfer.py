@@ -36,7 +36,7 @@ def test_transfer_sweeps_the_same_grid_per_width_and_stores_the_fit(data, tmp_pa
     monkeypatch.chdir(tmp_path)
     study = _study(tmp_path, data, "tiny.yaml", parametrization="mup")
     assert main(["transfer", "--study", str(study), "--widths", "16,32", "--storage", "t.log", *GRID]) == 0
-    out = capsys.readouterr().out
+    out = transfer_out = capsys.readouterr().out
     grids = {}
     for width in (16, 32):
         swept = load("t.log", f"tiny-mup-w{width}-10")
@@ -70,6 +70,29 @@ def test_transfer_sweeps_the_same_grid_per_width_and_stores_the_fit(data, tmp_pa
     plan = TrialPlan.from_study(load("t.log", "tiny-mup-w32-10"), recipe=load_recipe(study), study_dir=tmp_path / "x")
     model = plan.trial_config(lr=1e-2, warmup_steps=0, seed=8).model
     assert (model.n_embd, model.parametrization, model.mup_base_width) == (32, "mup", 16)
+
+    # Whether wider was better, said and stored; then SP beside it, compared at the widest width.
+    mup = load("t.log", "tiny-transfer-mup")
+    lowest = {w: _lowest_loss(load("t.log", f"tiny-mup-w{w}-10")) for w in (16, 32)}
+    assert mup.user_attrs["best_loss"] == {"16": lowest[16], "32": lowest[32]}
+    better = lowest[16] - lowest[32] >= WIDER_FLOOR
+    assert mup.user_attrs["wider_better"] is better and mup.user_attrs["wider_steps"][0]["better"] is better
+    verdict = "wider is better: " if better else "warning: μP's wider models are NOT better beyond the noise band ("
+    note = optuna_dashboard.get_note(mup)
+    assert verdict in transfer_out and verdict in note
+    assert f"16→32 {lowest[32] - lowest[16]:+.4f} (band 0.0100, one seed)" in note
+    assert mup.user_attrs["mup_vs_sp"] is None and "μP vs SP" not in transfer_out  # SP not run yet
+
+    assert main(["transfer", "--study", str(study), "--widths", "16,32", "--storage", "t.log", "--parametrization",
+                 "sp", *GRID]) == 0
+    out = capsys.readouterr().out
+    sp_best = _lowest_loss(load("t.log", "tiny-sp-w32-10"))
+    versus = load("t.log", "tiny-transfer-sp").user_attrs["mup_vs_sp"]
+    assert versus["width"] == 32 and versus["mup_minus_sp"] == pytest.approx(lowest[32] - sp_best)
+    assert versus["within"] is (lowest[32] - sp_best <= 0.03)
+    assert load("t.log", "tiny-transfer-mup").user_attrs["mup_vs_sp"] == versus  # on both summaries
+    line = f"μP vs SP at width 32, 10 steps: best val loss {lowest[32]:.4f} vs {sp_best:.4f}"
+    assert line in out and line in optuna_dashboard.get_note(load("t.log", "tiny-transfer-sp"))
 
 
 @pytest.mark.slow
@@ -255,34 +278,6 @@ def test_mup_is_compared_with_sp_at_the_widest_width_both_swept_at_the_same_step
     assert "within 0.03: μP's wide model is as good as SP's best" in report_lines(sp_second)[-1]
     assert _fit({64: 3.3, 128: 3.2}, other=sp | {"steps": 300}).versus is None  # not the same steps
     assert _fit({64: 3.3, 128: 3.2}, other=sp | {"best_loss": None}).versus is None  # a summary from before the verdict
-
-
-@pytest.mark.slow
-def test_transfer_stores_the_wider_verdict_and_compares_mup_with_sp(data, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    study = _study(tmp_path, data, "tiny.yaml", parametrization="mup")
-    assert main(["transfer", "--study", str(study), "--widths", "16,32", "--storage", "v.log", *GRID]) == 0
-    out = capsys.readouterr().out
-    mup = load("v.log", "tiny-transfer-mup")
-    best = {w: _lowest_loss(load("v.log", f"tiny-mup-w{w}-10")) for w in (16, 32)}
-    assert mup.user_attrs["best_loss"] == {"16": best[16], "32": best[32]}
-    better = best[16] - best[32] >= WIDER_FLOOR
-    assert mup.user_attrs["wider_better"] is better and mup.user_attrs["wider_steps"][0]["better"] is better
-    verdict = "wider is better: " if better else "warning: μP's wider models are NOT better beyond the noise band ("
-    note = optuna_dashboard.get_note(mup)
-    assert verdict in out and verdict in note and f"16→32 {best[32] - best[16]:+.4f} (band 0.0100, one seed)" in note
-    assert mup.user_attrs["mup_vs_sp"] is None and "μP vs SP" not in out  # SP not run yet
-
-    assert main(["transfer", "--study", str(study), "--widths", "16,32", "--storage", "v.log", "--parametrization",
-                 "sp", *GRID]) == 0
-    out = capsys.readouterr().out
-    sp_best = _lowest_loss(load("v.log", "tiny-sp-w32-10"))
-    versus = load("v.log", "tiny-transfer-sp").user_attrs["mup_vs_sp"]
-    assert versus["width"] == 32 and versus["mup_minus_sp"] == pytest.approx(best[32] - sp_best)
-    assert versus["within"] is (best[32] - sp_best <= 0.03)
-    assert load("v.log", "tiny-transfer-mup").user_attrs["mup_vs_sp"] == versus  # on both summaries
-    line = f"μP vs SP at width 32, 10 steps: best val loss {best[32]:.4f} vs {sp_best:.4f}"
-    assert line in out and line in optuna_dashboard.get_note(load("v.log", "tiny-transfer-sp"))
 
 
 def _lowest_loss(study: optuna.Study) -> float:
