@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweep.analysis import best_lr, compare_paired, fit_power_law  # noqa: E402
+from sweep.params import apply_values  # noqa: E402
 from sweep.recipe import load_recipe  # noqa: E402
 from sweep.width import at_width  # noqa: E402
 from train_core import TrainConfig# noqa: E402
@@ -70,12 +71,19 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--parametrizations", default="mup,sp")
     parser.add_argument("--base-width", type=int, help="μP's base width (default: the recipe's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a swept recipe key set for every run (sweep/params.py), e.g. model.mup_output_alpha=1")
+    parser.add_argument("--seed", type=int, help="the grid's seed (default: the recipe's)")
     parser.add_argument("--out", type=Path, default=Path("runs/mup-transfer"))
     args = parser.parse_args()
     recipe = load_recipe(STUDIES / f"{args.study}.yaml" if not args.study.endswith(".yaml") else args.study)
     if args.base_width is not None:  # where μP equals SP: the proxy's width, or e.g. the target's
         model = dataclasses.replace(recipe.train.model, mup_base_width=args.base_width)
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, model=model))
+    values = {key: float(value) for key, _, value in (text.partition("=") for text in args.set)}
+    recipe = dataclasses.replace(recipe, train=apply_values(recipe.train, values))
+    if args.seed is not None:
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, seed=args.seed))
     widths = [int(w) for w in args.widths.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
