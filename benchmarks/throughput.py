@@ -26,6 +26,7 @@ Run-to-run noise on a shared 2-core machine is large: compare rows of the same r
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -164,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here")
     device = resolve_device(args.device)
-    if args.compile:
-        torch.compiler.config.force_disable_caches = True  # each loop compiles from cold, as on a fresh machine
 
     console = rich.console.Console()
     console.width = max(console.width, 150)  # piped output defaults to 80 columns and would squeeze the table
@@ -204,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                 config = shape_config(shape, data_dir, args.steps, peaks["MFU"].flops, device=device,
                                       compile=compiled)
                 start = time.perf_counter()
-                with console.status(f"timing shape {name}: {label}"):
+                # A compiled loop compiles from cold, as on a fresh machine (no cache of the loop before).
+                cold = torch.compiler.config.patch(force_disable_caches=True) if compiled else contextlib.nullcontext()
+                with console.status(f"timing shape {name}: {label}"), cold:
                     try:
                         timings[label] = time_loop(loop, config)
                     except Exception as error:  # e.g. torch.compile without a working compiler: report, go on

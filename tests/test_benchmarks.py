@@ -44,7 +44,6 @@ def test_throughput_compiled_rows_say_their_compile_seconds_and_graph_breaks(mon
     which takes minutes on 2 busy cores): no break in either step; a break put into the model shows in both."""
     monkeypatch.setenv("LR_SWEEP_CACHE", str(tmp_path))
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    monkeypatch.setattr(torch.compiler.config, "force_disable_caches", torch.compiler.config.force_disable_caches)
     throughput = _load("throughput")
     monkeypatch.setitem(throughput.SHAPES, "tiny", TINY_SHAPE)
 
