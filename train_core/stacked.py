@@ -39,8 +39,8 @@ from train_core.errors import InputError
 from train_core.memory import device_memory, training_bytes
 from train_core.model import GPT
 from train_core.trainer import (
-    Run, StepMetrics, StepTaken, Stateful, TrainResult, check_resumable, evaluate, resolve_device, run_result,
-    save_checkpoints, setup_run, step_metrics,
+    Run, StepMetrics, StepTaken, Stateful, TrainResult, check_resumable, evaluate, evaluates_after, resolve_device,
+    run_result, save_checkpoints, setup_run, step_metrics,
 )
 
 # What members of one stack may differ in: everything else (model, data, batch, optimizer, seed, ...) is shared.
@@ -189,7 +189,7 @@ def _after_step(slot: _Slot, taken: StepTaken) -> TrainResult | None:
     slot.steps.append(taken)
     slot.step = steps_done = taken.step + 1
     last = steps_done == run.config.schedule.max_steps
-    val_loss = evaluate(run) if taken.finite and (steps_done % run.config.eval.interval == 0 or last) else None
+    val_loss = evaluate(run) if taken.finite and evaluates_after(run.config, steps_done) else None
     new_best = val_loss is not None and (run.best_val_loss is None or val_loss < run.best_val_loss)
     if new_best:
         run.best_val_loss = val_loss
