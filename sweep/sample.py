@@ -55,7 +55,11 @@ def load_run(run_dir: Path, *, device: torch.device) -> tuple[GPT, dict]:
     state = checkpoints.load_latest(map_location=device) or checkpoints.load_best(map_location=device)
     if state is None:
         raise InputError(f"{run_dir} holds no checkpoint (step-*.pt or best.pt); give the folder of a training run")
-    model = GPT(TrainConfig.from_dict(state["config"]).model).to(device)
+    config = TrainConfig.from_dict(state["config"])
+    if config.data.top_tokens is not None:
+        raise InputError(f"{run_dir} was trained on a folded vocabulary (data.top_tokens={config.data.top_tokens}): its "
+                         "ids are not GPT-2 tokens, so it cannot write text; sample a run of the full vocabulary")
+    model = GPT(config.model).to(device)
     model.load_state_dict(state["model"])
     model.eval()
     return model, state

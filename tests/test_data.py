@@ -2,6 +2,7 @@
 counters, and preparing text is deterministic and atomic."""
 
 import json
+import math
 import os
 import zlib
 
@@ -16,12 +17,14 @@ from train_core.data import (
     TokenData,
     TrainBatches,
     ensure_corpus,
+    fold_vocab,
     prepare,
     write_llmc_shard,
     write_nanogpt_bin,
 )
 from train_core.errors import InputError
 from train_core.tokenizer import EOT_TOKEN, gpt2_encoding
+from train_core.trainer import train
 
 
 def _llmc_by_hand(path, tokens, *, magic, version, dtype, count=None):
@@ -183,6 +186,36 @@ def test_val_batches_depend_only_on_their_index(tmp_path):
     train_batches = [d.get_batch(seed=s, step=0, micro_step=0, rank=0, batch_size=4, block_size=32)[0]
                      for s in (0, 1)]
     assert not any(torch.equal(a[0], t) for t in train_batches)
+
+
+# --- a folded vocabulary: the train split's most frequent ids, one id for the rest --------------------------------
+
+
+def test_a_folded_vocabulary_keeps_the_most_frequent_train_ids_in_order_and_reads_the_rest_as_one_id(tmp_path):
+    # id 7 occurs 5 times, 3 four times, 9 and 2 three times each (a tie: the lower id first), 40 twice, 1 once
+    train_ids = [7] * 5 + [3] * 4 + [9] * 3 + [2] * 3 + [40] * 2 + [1]
+    write_nanogpt_bin(tmp_path / "train.bin", np.random.default_rng(0).permutation(train_ids))
+    write_nanogpt_bin(tmp_path / "val.bin", [7, 3, 2, 9, 40, 1, 500])  # 500: only in val
+    train, val = fold_vocab(_open(tmp_path / "train.bin"), _open(tmp_path / "val.bin"), top_tokens=5)
+    x, y = val.val_batch(0, batch_size=1, block_size=6)
+    assert torch.cat([x[0], y[0, -1:]]).tolist() == [0, 1, 2, 3, 4, 4, 4]
+    kept = {7: 0, 3: 1, 2: 2, 9: 3}
+    batch = dict(seed=3, step=2, micro_step=0, rank=0, batch_size=4, block_size=8)
+    raw = _open(tmp_path / "train.bin").get_batch(**batch)[0]
+    assert train.get_batch(**batch)[0].tolist() == [[kept.get(i, 4) for i in row] for row in raw.tolist()]
+
+
+def test_a_folded_vocabulary_must_be_the_models(make_config):
+    with pytest.raises(InputError, match="model.vocab_size must be data.top_tokens=64 when the data's vocabulary is "
+                                         "folded to it, got 256"):
+        make_config(data={"top_tokens": 64})
+    with pytest.raises(InputError, match="data.top_tokens must be >= 2"):
+        make_config(data={"top_tokens": 1}, model={"vocab_size": 1})
+
+
+def test_a_model_trains_on_a_folded_vocabulary(make_config):
+    result = train(make_config(data={"top_tokens": 64}, model={"vocab_size": 64}, schedule={"max_steps": 4}))
+    assert math.isfinite(result.final_val_loss) and result.final_val_loss < math.log(64) + 0.5
 
 
 # --- opening at scale: the id check recorded beside the file, one open per process ------------------------------

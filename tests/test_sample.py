@@ -51,6 +51,12 @@ def test_a_prompt_outside_the_models_vocabulary_is_refused(run_dir):
         sample_text(run_dir, prompt="Hello", sampling=Sampling(tokens=5), device_name="cpu")
 
 
+def test_a_run_of_a_folded_vocabulary_is_refused(make_config, tmp_path):
+    train(make_config(data={"top_tokens": 64}, model={"vocab_size": 64}, schedule={"max_steps": 2}), out_dir=tmp_path / "run")
+    with pytest.raises(InputError, match=r"folded vocabulary \(data.top_tokens=64\): its ids are not GPT-2 tokens"):
+        sample_text(tmp_path / "run", prompt="", sampling=Sampling(tokens=5), device_name="cpu")
+
+
 def test_a_folder_without_checkpoints_exits_2_in_one_line(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nothing"), "--tokens", "5"]) == 2
     err = capsys.readouterr().err

@@ -31,8 +31,14 @@ class DataConfig:
     corpus: str | None = None  # e.g. "python-stdlib": prepared into data/<corpus>/ on first use
     train: str | None = None  # path or glob of token files
     val: str | None = None
+    # Fold the vocabulary: the train split's top_tokens - 1 most frequent ids keep ids 0.. in order of frequency and
+    # every other id reads as top_tokens - 1, so that a small proxy is not mostly an embedding table (model.vocab_size
+    # must equal it). None: the tokens as they are.
+    top_tokens: int | None = None
 
     def __post_init__(self):
+        if self.top_tokens is not None:
+            _check(self.top_tokens >= 2, "data.top_tokens", self.top_tokens, ">= 2 (the kept ids and one for the rest), or null")
         files_given = self.train is not None or self.val is not None
         if self.corpus is not None and files_given:
             raise InputError("data: give either data.corpus or data.train and data.val, not both")
@@ -178,6 +184,9 @@ class TrainConfig:
             _check(m.mup_base_width is None, "model.mup_base_width", m.mup_base_width, "unset unless model.parametrization is mup")
         for key in ("mup_input_alpha", "mup_output_alpha"):
             _check(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "> 0")
+        if self.data.top_tokens is not None:
+            _check(m.vocab_size == self.data.top_tokens, "model.vocab_size", m.vocab_size,
+                   f"data.top_tokens={self.data.top_tokens} when the data's vocabulary is folded to it")
         if self.peak_flops is not None:
             _check(self.peak_flops > 0, "peak_flops", self.peak_flops, "> 0 FLOP/s, or null to measure")
         if self.noise_scale == "split":

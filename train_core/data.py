@@ -199,14 +199,17 @@ class TokenData:
     A batch row is a window of block_size + 1 consecutive tokens from one file; windows never cross files.
     """
 
-    def __init__(self, paths: Sequence[Path], shards: Sequence[np.ndarray]):
+    def __init__(self, paths: Sequence[Path], shards: Sequence[np.ndarray], *, table: np.ndarray | None = None):
         self._paths = tuple(paths)
         self._shards = tuple(shards)
         self._lengths = np.array([len(s) for s in shards], dtype=np.int64)
+        self._table = table  # token id -> the id batches hold (a folded vocabulary); None: as in the files
+        self._counts: np.ndarray | None = None
 
     @classmethod
-    def open(cls, pattern: str | Path, *, vocab_size: int) -> "TokenData":
-        """Open a file or a glob of shards (sorted by name); every token id is checked to be < vocab_size.
+    def open(cls, pattern: str | Path, *, vocab_size: int | None) -> "TokenData":
+        """Open a file or a glob of shards (sorted by name); every token id is checked to be < vocab_size (None: not
+        checked, for data read through a folding table that covers every id).
 
         Opened once per process: opening the same pattern again returns the same object while the files matched and
         their sizes and mtimes are unchanged (every trial of a worker opens the data; mapping the shards again and
@@ -221,8 +224,9 @@ class TokenData:
         if (opened := _OPENED.get(key)) is not None and opened[0] == files:
             return opened[1]
         shards = [open_tokens(p) for p in paths]
-        for path, tokens in zip(paths, shards):
-            _check_vocab(path, tokens, vocab_size)
+        if vocab_size is not None:
+            for path, tokens in zip(paths, shards):
+                _check_vocab(path, tokens, vocab_size)
         data = cls(paths, shards)
         _OPENED[key] = (files, data)
         return data
@@ -239,6 +243,23 @@ class TokenData:
     @property
     def num_tokens(self) -> int:
         return int(self._lengths.sum())
+
+    def max_token_id(self) -> int:
+        return max(max_token_id(path, tokens) for path, tokens in zip(self._paths, self._shards))
+
+    def token_counts(self) -> np.ndarray:
+        """How often each id occurs in the files (index: id), counted once per process: a scan of every token."""
+        if self._counts is None:
+            counts = np.zeros(self.max_token_id() + 1, dtype=np.int64)
+            for tokens in self._shards:
+                for start in range(0, len(tokens), _VALIDATE_CHUNK):
+                    counts += np.bincount(tokens[start:start + _VALIDATE_CHUNK], minlength=len(counts))
+            self._counts = counts
+        return self._counts
+
+    def read_through(self, table: np.ndarray) -> "TokenData":
+        """The same files, their batches holding table[id] for each id."""
+        return TokenData(self._paths, self._shards, table=table)
 
     def get_batch(self, *, seed: int, step: int, micro_step: int, rank: int, batch_size: int,
                   block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,11 +289,22 @@ class TokenData:
         files = np.searchsorted(ends, picks, side="right")
         starts = picks - (ends[files] - counts[files])
         rows = [self._shards[f][s:s + block_size + 1] for f, s in zip(files, starts)]
-        buf = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T+1)
+        rows = np.stack(rows).astype(np.int64)
+        buf = torch.from_numpy(rows if self._table is None else self._table[rows])  # (B, T+1)
         return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
 
     def _describe(self) -> str:
         return str(self._paths[0]) if len(self._paths) == 1 else f"{len(self._paths)} files ({self._paths[0]}, ...)"
+
+
+def fold_vocab(train: TokenData, val: TokenData, *, top_tokens: int) -> tuple[TokenData, TokenData]:
+    """Both splits read through one table: the train split's top_tokens - 1 most frequent ids become 0.. in order of
+    frequency (ties: the lower id first), every other id (rarer, or only in val) becomes top_tokens - 1."""
+    counts = train.token_counts()
+    table = np.full(max(len(counts), val.max_token_id() + 1), top_tokens - 1, dtype=np.int64)
+    kept = np.argsort(-counts, kind="stable")[:top_tokens - 1]
+    table[kept] = np.arange(len(kept))
+    return train.read_through(table), val.read_through(table)
 
 
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train_core.checkpoint import CheckpointManager
 from train_core.config import DataConfig, ScheduleConfig, TrainConfig
-from train_core.data import TokenData, TrainBatches, ensure_corpus, to_device
+from train_core.data import TokenData, TrainBatches, ensure_corpus, fold_vocab, to_device
 from train_core.errors import InputError
 from train_core.memory import check_fits
 from train_core.model import GPT, GPTConfig
@@ -174,10 +174,10 @@ def open_data(data: DataConfig, *, vocab_size: int, progress: bool = True) -> tu
         train_pattern, val_pattern = str(folder / "train.bin"), str(folder / "val.bin")
     else:
         train_pattern, val_pattern = data.train, data.val
-    return (
-        TokenData.open(train_pattern, vocab_size=vocab_size),
-        TokenData.open(val_pattern, vocab_size=vocab_size),
-    )
+    if data.top_tokens is None:
+        return TokenData.open(train_pattern, vocab_size=vocab_size), TokenData.open(val_pattern, vocab_size=vocab_size)
+    train, val = TokenData.open(train_pattern, vocab_size=None), TokenData.open(val_pattern, vocab_size=None)
+    return fold_vocab(train, val, top_tokens=data.top_tokens)
 
 
 def train(
