@@ -139,8 +139,7 @@ class Objective:
         )
         self.view.trial_started(trial.number, lr=lr, warmup=warmup)
         _record_provenance(trial, config, self.plan)
-        return TrialRun(self, trial, config=config, out_dir=out_dir, reporter=reporter, lr=lr, warmup=warmup,
-                        values=values)
+        return TrialRun(self, trial, config=config, out_dir=out_dir, reporter=reporter, values=values)
 
     def _start_folder(self, trial: optuna.Trial, config: TrainConfig, out_dir: Path) -> int | None:
         """Ready the trial's folder: a retry keeps it (and resumes); a fresh trial starts from an empty one, whatever an
@@ -162,9 +161,9 @@ class TrialRun:
     as its members join and leave."""
 
     def __init__(self, objective: Objective, trial: optuna.Trial, *, config: TrainConfig, out_dir: Path,
-                 reporter: StepReporter, lr: float, warmup: int, values: dict[str, float]):
+                 reporter: StepReporter, values: dict[str, float]):
         self.objective, self.trial, self.config, self.out_dir, self.reporter = objective, trial, config, out_dir, reporter
-        self.lr, self.warmup, self.values = lr, warmup, values
+        self.values = values  # the swept keys' values (the schedule's lr and warmup are in config)
         self.heartbeat = Heartbeat(objective.storage, objective.trial_id, interval=objective.liveness.interval)
         self.fail_reason: str | None = None
         self.started = time.perf_counter()
@@ -215,7 +214,7 @@ class TrialRun:
         cleared."""
         trial, reporter = self.trial, self.reporter
         _record_result(trial, result)
-        optuna_dashboard.save_note(trial, _note(self.lr, self.warmup, self.values, result, reporter.prune_reason))
+        optuna_dashboard.save_note(trial, _note(self.config.schedule.max_lr, self.config.schedule.warmup_steps, self.values, result, reporter.prune_reason))
         if self.objective.plan.branches is not None:
             self.objective.plan.branches.put(self.config, self.out_dir)
         clear_run_folder(self.out_dir)  # checkpoints only serve a trial that is still running

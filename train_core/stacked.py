@@ -142,8 +142,8 @@ class _HiddenStates(torch.nn.Module):
 
 def stacked_step(slots: list[_Slot]) -> list[StepTaken]:
     """One optimizer step of every member, each at its own step's LR and batch: the members' forward and backward
-    passes at once, then each member's clip and AdamW step as trainer.train_step takes them (a non-finite step is
-    not applied)."""
+    passes at once, then each member's clip and AdamW step as trainer.train_step takes them, with nothing read from the
+    device before the updates; then the step's numbers, in one read."""
     started = time.perf_counter()
     runs = [slot.run for slot in slots]
     lead = runs[0]
@@ -170,13 +170,10 @@ def stacked_step(slots: list[_Slot]) -> list[StepTaken]:
         loss_sums += losses.detach()
     max_norm = lead.config.optimizer.grad_clip if lead.config.optimizer.grad_clip > 0 else math.inf
     grad_norms = [torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), max_norm) for run in runs]
-    losses, norms = loss_sums.tolist(), torch.stack(grad_norms).tolist()
-    for run, loss, norm in zip(runs, losses, norms):
-        if math.isfinite(loss) and math.isfinite(norm):
-            run.optimizer.step()  # a non-finite step is never applied
+    for run in runs:
+        run.optimizer.step()  # a non-finite step too, as the trainer's: it ends that member before anything keeps it
         run.optimizer.zero_grad(set_to_none=True)
-    if lead.device.type == "cuda":
-        torch.cuda.synchronize()
+    losses, norms = torch.stack([loss_sums, torch.stack(grad_norms)]).tolist()  # the step's one read, after it
     share = (time.perf_counter() - started) / len(runs)
     return [StepTaken(step=slot.step, lr=lr, loss=loss, grad_norm=norm, seconds=share)
             for slot, lr, loss, norm in zip(slots, lrs, losses, norms)]

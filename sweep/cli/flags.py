@@ -140,7 +140,10 @@ def check_range_flags(args, *, prefix: str) -> None:
                          f"{args.range_lr_end:g}")
 
 
-def add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
+def add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str, pruner: str = "median") -> None:
+    """The flags every sweep command takes. The commands that fit a curve to a grid (horizon, transfer, batch) prune
+    nothing by default: a pruned trial has no final loss, and a grid of 5 with 3 pruned leaves its curve's bottom at a
+    grid point (the parabola needs the winner's neighbours)."""
     from sweep.workers import DEFAULT_MAX_RETRIES
 
     add_study_flag(parser)
@@ -149,7 +152,8 @@ def add_sweep_flags(parser: argparse.ArgumentParser, *, sampler: str) -> None:
     parser.add_argument("--timeout", type=positive_float, help="stop starting new trials after this many seconds")
     add_place_flags(parser)
     parser.add_argument("--sampler", default=sampler, help=f"one of {', '.join(SAMPLERS)} (default {sampler})")
-    parser.add_argument("--pruner", default="median", help=f"one of {', '.join(PRUNERS)} (default median)")
+    parser.add_argument("--pruner", default=pruner, help=f"one of {', '.join(PRUNERS)} (default {pruner}; the stability "
+                        "guard stops unstable trials under any)")
     parser.add_argument("--guard", choices=GUARD_RULES, default="all",
                         help="stability rules that stop a trial: all (default), or nonfinite only, which keeps "
                         "every curve complete for `sweep audit`")

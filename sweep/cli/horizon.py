@@ -11,7 +11,7 @@ def register(commands) -> None:
     parser.add_argument("--steps", type=steps_list, required=True, help="trial lengths, e.g. 100,300,1000")
     parser.add_argument("--max-steps", type=positive_int,
                         help="extrapolate to this run length (default: the recipe's max_steps)")
-    add_sweep_flags(parser, sampler="grid")  # the same LRs at every horizon, each curve's bottom between neighbours
+    add_sweep_flags(parser, sampler="grid", pruner="none")  # the same LRs at every horizon, each curve's bottom between neighbours
     parser.set_defaults(handler=run)
 
 
