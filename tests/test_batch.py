@@ -12,7 +12,7 @@ from sweep.trust import CurveBottom
 from sweep_fixtures import load, study_values, write_study, write_token_files
 
 # 5 LRs x2 apart, the anchor's 1e-2 among them, around this model's bottom; one warmup, no pruning: whole curves.
-GRID = ["--steps", "20", "--grid-points", "5", "--lr-min", "1e-2", "--lr-max", "1.6e-1", "--warmup", "0", "-q"]
+GRID = ["--steps", "20", "--grid-points", "5", "--lr-min", "5e-3", "--lr-max", "8e-2", "--warmup", "0", "-q"]
 
 
 @pytest.fixture(scope="module")
