@@ -114,7 +114,7 @@ def test_predict_composes_horizon_and_width_and_checks_it_against_the_targets_ow
     study = write_study(tmp_path / "tiny.yaml", values)
     predict = _load("predict")
     assert predict.main(["--study", str(study), "--proxy-steps", "10,20", "--horizon-factor", "2", "--target-width", "32",
-                         "--lr-min", "5e-3", "--lr-max", "2e-1", "--grid-points", "5", "--warmup", "0", "--seeds", "2",
+                         "--lr-min", "5e-3", "--lr-max", "8e-1", "--grid-points", "5", "--warmup", "0", "--seeds", "2",
                          "--out", str(tmp_path / "out")]) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     prediction, target, band = results["prediction"], results["target"], results["noise_band"]

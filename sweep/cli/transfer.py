@@ -15,8 +15,8 @@ def register(commands) -> None:
     parser.add_argument("--tuned-from", metavar="STUDY",
                         help="a `sweep lr` study of the proxy that swept further recipe keys (--param): every width "
                         "trains with its best trial's values")
-    add_sweep_flags(parser, sampler="grid", pruner="none")
-    parser.set_defaults(handler=run, pruner="none")  # every width's whole loss-vs-LR curve is the evidence
+    add_sweep_flags(parser, sampler="grid", pruner="none")  # every width's whole loss-vs-LR curve is the evidence
+    parser.set_defaults(handler=run)
 
 
 def run(args, console) -> int:
