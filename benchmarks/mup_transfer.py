@@ -28,8 +28,7 @@ from sweep.analysis import best_lr, compare_paired, fit_power_law  # noqa: E402
 from sweep.params import apply_values  # noqa: E402
 from sweep.recipe import load_recipe  # noqa: E402
 from sweep.width import at_width  # noqa: E402
-from train_core import TrainConfig# noqa: E402
-from train_core import train# noqa: E402
+from train_core import TrainConfig, train  # noqa: E402
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
