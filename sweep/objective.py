@@ -214,7 +214,9 @@ class TrialRun:
         cleared."""
         trial, reporter = self.trial, self.reporter
         _record_result(trial, result)
-        optuna_dashboard.save_note(trial, _note(self.config.schedule.max_lr, self.config.schedule.warmup_steps, self.values, result, reporter.prune_reason))
+        schedule = self.config.schedule
+        optuna_dashboard.save_note(trial, _note(schedule.max_lr, schedule.warmup_steps, self.values, result,
+                                                reporter.prune_reason))
         if self.objective.plan.branches is not None:
             self.objective.plan.branches.put(self.config, self.out_dir)
         clear_run_folder(self.out_dir)  # checkpoints only serve a trial that is still running

@@ -16,8 +16,8 @@ def register(commands) -> None:
                         help="a trial's length in steps of the recipe's batch: every batch sees these tokens (default 300)")
     parser.add_argument("--band", type=positive_float, default=0.05,
                         help="val loss within which two batches count as equally good (default 0.05, the seed noise)")
-    add_sweep_flags(parser, sampler="grid", pruner="none")
-    parser.set_defaults(handler=run, pruner="none")  # every batch's whole loss-vs-LR curve is the evidence
+    add_sweep_flags(parser, sampler="grid", pruner="none")  # every batch's whole loss-vs-LR curve is the evidence
+    parser.set_defaults(handler=run)
 
 
 def run(args, console) -> int:
