@@ -37,6 +37,19 @@ def test_chunked_cross_entropy_matches_full_logits_in_value_and_gradients(n_rows
     torch.testing.assert_close(grad_weight, ref_weight)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_chunked_cross_entropy_of_a_wide_hidden_state_chunks_by_width_and_matches_full_logits(dtype, tol):
+    """At C = 384 the default chunks are 512 rows (default_chunk_rows): 1,100 rows are two full chunks and a short
+    one, through the reused low-precision buffers under bf16 autocast."""
+    hidden, weight, targets = _inputs(1100, n_embd=384, vocab=500)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss = chunked_cross_entropy(hidden, weight, targets)
+        ref = F.cross_entropy((hidden @ weight.T).float(), targets)
+    for grad, ref_grad in zip(torch.autograd.grad(loss, (hidden, weight)), torch.autograd.grad(ref, (hidden, weight))):
+        torch.testing.assert_close(grad, ref_grad, rtol=tol, atol=tol * ref_grad.abs().max().item())
+    torch.testing.assert_close(loss, ref, rtol=tol, atol=0)
+
+
 def test_chunked_cross_entropy_scales_gradients_by_the_upstream_gradient():
     hidden, weight, targets = _inputs(200)
     grads = torch.autograd.grad(3.0 * chunked_cross_entropy(hidden, weight, targets), (hidden, weight))

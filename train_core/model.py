@@ -6,7 +6,7 @@ and an output projection tied to the token embedding. `loss` picks how the cross
 memory traffic of a small model's step; `full` computes the logits, then F.cross_entropy (nanoGPT's way), which on a
 GPU is faster: there the chunk loop is launch-bound. `auto` takes chunked on a CPU and full elsewhere, and full under
 torch.compile anywhere: the compiler fuses the logits into the cross-entropy itself, and would unroll the chunk loop
-(128 copies at GPT-2's 16k-token micro-batch).
+(32 copies at GPT-2's 16k-token micro-batch).
 
 `parametrization: mup` switches to the maximal update parametrization for Adam (Tensor Programs V; nanoGPT-mup's
 table), with width multiplier m = n_embd / mup_base_width and the head count fixed (the head size grows with width):
@@ -229,18 +229,28 @@ def chunked_loss(config: GPTConfig, *, device_type: str, compiled: bool) -> bool
 
 
 def chunked_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, chunk_rows: int = 128
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, chunk_rows: int | None = None
 ) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against targets, computed in row chunks.
 
     hidden (N, C), weight (V, C), targets (N,). Equal to `F.cross_entropy(hidden @ weight.T, targets)`, but with
     gradients on, they are produced during the forward pass chunk by chunk, so the (N, V) logits and their gradient
-    never exist in full: the two (chunk_rows, V) buffers are reused and small enough to stay in cache (128 rows of a
-    50k vocab measured fastest on a 2-core CPU). Runs the matmuls in the autocast dtype when autocast is on.
+    never exist in full: the (chunk_rows, V) buffers are reused. Runs the matmuls in the autocast dtype when autocast
+    is on. chunk_rows defaults to `default_chunk_rows(C)`.
     """
     # Inside Function.forward grad mode is always off and ctx.needs_input_grad ignores no_grad, so the caller's
     # grad mode is passed in: under no_grad (evaluation) only the loss is computed.
+    chunk_rows = chunk_rows or default_chunk_rows(hidden.size(1))
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_rows, torch.is_grad_enabled())
+
+
+def default_chunk_rows(n_embd: int) -> int:
+    """Rows per chunk of the chunked loss: n_embd rounded up to a power of two, within 128..512. Each chunk adds its
+    share of the (V, C) weight gradient, traffic that costs about as much as C rows of (rows, V) logits, so chunks of
+    about C rows amortise it. Measured on a 2-core CPU, loss forward + backward of 2,048 rows of a 50k vocab, in bf16
+    and fp32: 128 rows fastest at C = 64 and 128, 512 at C = 384 and 768 (20-30% below 128), 256-512 at C = 256
+    (docs/benchmarks.md)."""
+    return min(512, max(128, 1 << (n_embd - 1).bit_length()))
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -258,6 +268,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             if needs_grad:
                 grad_hidden = torch.empty_like(h_all)
                 grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+                if dtype != torch.float32:  # reused: fresh temporaries each chunk cost 15% of bf16's loss at C = 384
+                    grad_logits_buf = torch.empty_like(logits_buf)
+                    grad_weight_buf = torch.empty_like(w)
             for start in range(0, n_rows, chunk_rows):
                 h = h_all[start : start + chunk_rows]  # (n, C)
                 t = targets[start : start + chunk_rows]  # (n,)
@@ -270,12 +283,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 # d(loss_sum)/d(logits) = softmax - onehot, built in place; the 1/N of the mean goes into the matmuls.
                 grad_logits = logp.exp_()
                 grad_logits[torch.arange(t.numel(), device=t.device), t] -= 1.0
-                grad_logits = grad_logits.to(dtype)
+                if dtype != torch.float32:
+                    grad_logits = grad_logits_buf[: t.numel()].copy_(grad_logits)
                 torch.mm(grad_logits, w, out=grad_hidden[start : start + chunk_rows])
                 if dtype == torch.float32:
                     grad_weight.addmm_(grad_logits.t(), h, alpha=1 / n_rows)
                 else:
-                    grad_weight.add_(grad_logits.t() @ h, alpha=1 / n_rows)
+                    grad_weight.add_(torch.mm(grad_logits.t(), h, out=grad_weight_buf), alpha=1 / n_rows)
         if needs_grad:
             ctx.save_for_backward(grad_hidden.div_(n_rows).to(hidden.dtype), grad_weight.to(weight.dtype))
         return loss_sum / n_rows
