@@ -245,12 +245,12 @@ def chunked_cross_entropy(
 
 
 def default_chunk_rows(n_embd: int) -> int:
-    """Rows per chunk of the chunked loss: n_embd rounded up to a power of two, within 128..512. Each chunk adds its
-    share of the (V, C) weight gradient, traffic that costs about as much as C rows of (rows, V) logits, so chunks of
-    about C rows amortise it. Measured on a 2-core CPU, loss forward + backward of 2,048 rows of a 50k vocab, in bf16
-    and fp32: 128 rows fastest at C = 64 and 128, 512 at C = 384 and 768 (20-30% below 128), 256-512 at C = 256
-    (docs/benchmarks.md)."""
-    return min(512, max(128, 1 << (n_embd - 1).bit_length()))
+    """Rows per chunk of the chunked loss: 128 up to n_embd 128, else 512. Each chunk adds its share of the (V, C)
+    weight gradient into one fp32 sum, a pass over V x C x 4 bytes (77 MB at C = 384 and GPT-2's vocab: past a CPU's
+    L3), so wider models want fewer, larger chunks. Measured by benchmarks/chunked_loss.py on a 2-core AVX-512 CPU,
+    2,048 rows: 128 rows fastest at C = 64 and 128 in bf16 (the training dtype there), 512 (or 1,024, within noise)
+    from C = 256 on, in bf16 and fp32 (docs/benchmarks.md)."""
+    return 128 if n_embd <= 128 else 512
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
