@@ -6,7 +6,7 @@ against the full-logits loss (nanoGPT's `F.cross_entropy(h @ W.T)`) measured in 
 For each width C (hidden size) and dtype (bf16 autocast where the CPU runs it natively, and fp32): random hidden
 states (rows, C), a (50,304, C) tied weight and targets; each variant's median ms over --reps repetitions, taken in
 turn (A B C ... A B C ...) so that a slow spell of a shared machine hits all alike, and its ratio to the full-logits
-loss. "default" is `default_chunk_rows(C)`, the size the model uses.
+loss. A star marks `default_chunk_rows(C)`, the size the model uses.
 """
 
 import argparse
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from train_core import resolve_dtype
-from train_core.model import chunked_cross_entropy, default_chunk_rows
+from train_core.model import GPTConfig, chunked_cross_entropy, default_chunk_rows
 
-VOCAB = 50_304  # GPT-2's 50,257 padded to a multiple of 64, as the model pads it
+VOCAB = GPTConfig().padded_vocab_size  # GPT-2's 50,257 tokens, padded as the model pads its embedding
 CHUNK_ROWS = (128, 256, 512, 1024)
 
 

@@ -11,7 +11,7 @@ from sweep.cli import main
 from sweep.trust import CurveBottom
 from sweep_fixtures import load, study_values, write_study, write_token_files
 
-# 7 LRs x2 apart, the anchor's 1e-2 among them, around this model's bottom; one warmup, no pruning: whole curves.
+# 7 LRs x2 apart, the anchor's 1e-2 among them, around this model's bottom; one warmup (5), no pruning: whole curves.
 # Above 2e-2 the tiny model's 20-step curves are jagged and their lowest point moves with the CPU's rounding: 5e-3..8e-2
 # without warmup kept both batches' bottoms inside in fp32 on AVX2 but not in bf16 on AVX-512 (128 tokens: 8e-2, the
 # edge: no fit); with 5 steps of warmup and 0.16 at the top, both were inside in bf16 and in fp32 on AVX-512.

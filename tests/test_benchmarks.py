@@ -90,7 +90,6 @@ def test_storage_reads_times_the_study_check_and_a_redis_open_against_their_base
     assert "Optuna's JournalRedisBackend" in out or "redis: skipped" in out, out
 
 
-@pytest.mark.slow
 def test_chunked_loss_times_each_chunk_size_against_the_full_logits_and_marks_the_default(capsys):
     assert _load("chunked_loss").main(["--widths", "16,200", "--rows", "64", "--reps", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("C=")]
@@ -100,6 +99,7 @@ def test_chunked_loss_times_each_chunk_size_against_the_full_logits_and_marks_th
         assert re.match(r"C=\d+ +(float32|bfloat16) +full [\d,]+ ", row)
 
 
+@pytest.mark.slow
 def test_noise_scale_compares_each_recipe_with_its_baseline_and_times_the_read(tmp_path, capsys):
     values = merge(study_values(write_token_files(tmp_path / "tokens")), {"dtype": "float32"})
     study = write_study(tmp_path / "tiny.yaml", values)  # one micro-step of 8 sequences: split halves it, or 2 x 4

@@ -29,10 +29,9 @@ from sweep.recipe import load_recipe
 from sweep.runs import Runs
 from sweep.workers import enqueue_retry
 from sweep_fixtures import STEPS, load, run_lr, study_values, write_study
-from train_core import InputError, StackMember, TrainConfig, train, train_stacked
+from train_core import InputError, StackMember, TrainConfig, resolve_dtype, train, train_stacked
 from train_core.data import write_nanogpt_bin
 from train_core.tokenizer import gpt2_encoding
-from train_core.trainer import resolve_dtype
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-3}  # nats: see the module docstring
 TINY_TOLERANCE = 1e-5  # the tiny test model in float32: measured differences were below 1e-6
